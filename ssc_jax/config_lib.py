@@ -1,0 +1,107 @@
+"""Shared configuration: the base every config in `configs/` starts from.
+
+A config file in `configs/` defines `get_config()`, starts from one of the
+builders here (`base`, `cifar`, `tiny_imagenet`, `imagenet`) and sets only
+what differs for its row. Every key a run may read is declared here, so
+`--config.some_key=...` on a key that does not exist fails in ml_collections
+with the key's name, and `check_config` rejects values out of range.
+"""
+
+import ml_collections
+
+# Learning-rate recipes of the paper's supplementary (epochs, boundaries).
+CIFAR_RECIPE = dict(num_epochs=250, lr_boundaries_epochs=(100, 150, 200))
+TINY_IMAGENET_RECIPE = dict(num_epochs=350, lr_boundaries_epochs=(150, 250, 300))
+IMAGENET_RECIPE = dict(num_epochs=150, lr_boundaries_epochs=(50, 100))
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every key of a run, with defaults; datasets and networks override."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data.
+  config.dataset = 'cifar10'  # cifar10 | cifar100 | tiny_imagenet | imagenet2012 | digits
+  config.data_source = 'tfds'  # tfds | folder (<folder_dir>/<split>/<class>/<image>)
+  config.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)
+  config.folder_dir = ''  # root of the image folders when data_source = 'folder'
+  config.pipeline = 'tf_data'  # tf_data (host, TensorFlow) | device (device-resident, no TF)
+  config.full_train = False  # True: train on all of train; False: hold out the last 10%
+  config.validation_fraction = 0.1
+  config.batch_size = 128  # global, over all devices and processes
+  config.eval_batch_size = 500  # global
+  config.shuffle_buffer_size = 50_000
+  config.prefetch_batches = 2
+
+  # Model.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'vgg19'  # vgg19 | resnet32 | resnet50 | digits_ssc
+  config.model.width = 1  # ResNet-32 width multiplier (2 in the paper)
+  # Per-filter-count SSC settings, one entry per filter count of the network
+  # (see ssc_jax.models.filter_counts); None in a g or p entry disables that part.
+  config.model.g = ml_collections.FieldReference(None, field_type=tuple)
+  config.model.p = ml_collections.FieldReference(None, field_type=tuple)
+  # ResNet-50 only: p of the 1x1 convs per filter count [64, ..., 2048].
+  config.model.p_1x1 = ml_collections.FieldReference(None, field_type=tuple)
+  # If set (0 < ticket <= 1), solve (g, p) to keep this fraction of weights
+  # (ssc_jax.budget) and use those instead of g/p/p_1x1.
+  config.model.ticket = ml_collections.FieldReference(None, field_type=float)
+  config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16; parameters stay float32
+
+  # Optimisation (SGD as in the paper).
+  config.optimizer = 'sgd'
+  config.learning_rate = 0.1
+  config.lr_scale_with_batch = False  # lr * batch_size / base_batch_size
+  config.base_batch_size = 128
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-4  # coupled (added to the gradient) on conv and Dense kernels
+  config.warmup_epochs = 0.0
+  config.num_epochs = 250
+  config.lr_boundaries_epochs = (100, 150, 200)
+  config.lr_decay_factor = 0.1
+  config.label_smoothing = 0.0
+
+  # Loop, logging, checkpoints.
+  config.num_train_steps = -1  # > 0 stops early (tests, smoke runs)
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.async_checkpointing = True
+  config.profile = False
+  return config
+
+
+def cifar(dataset: str, network: str) -> ml_collections.ConfigDict:
+  """CIFAR-10/100 with VGG-19 or doubled-width ResNet-32, the paper's recipe."""
+  config = base()
+  config.dataset = dataset
+  config.model.name = network
+  config.model.width = 2 if network == 'resnet32' else 1
+  config.update(CIFAR_RECIPE)
+  return config
+
+
+def tiny_imagenet(network: str) -> ml_collections.ConfigDict:
+  """Tiny-ImageNet (64x64, 200 classes), the paper's recipe."""
+  config = base()
+  config.dataset = 'tiny_imagenet'
+  config.model.name = network
+  config.model.width = 2 if network == 'resnet32' else 1
+  config.update(TINY_IMAGENET_RECIPE)
+  return config
+
+
+def imagenet() -> ml_collections.ConfigDict:
+  """ImageNet with ResNet-50 v1.5, the paper's recipe."""
+  config = base()
+  config.dataset = 'imagenet2012'
+  config.model.name = 'resnet50'
+  config.model.dtype = 'bfloat16'
+  config.batch_size = 256
+  config.eval_batch_size = 500
+  config.shuffle_buffer_size = 16 * 1024
+  config.checkpoint_every_steps = 2000
+  config.update(IMAGENET_RECIPE)
+  return config
