@@ -7,6 +7,8 @@ what differs for its row. Every key a run may read is declared here, so
 with the key's name, and `check_config` rejects values out of range.
 """
 
+import difflib
+
 import ml_collections
 
 # Learning-rate recipes of the paper's supplementary (epochs, boundaries).
@@ -105,3 +107,58 @@ def imagenet() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2000
   config.update(IMAGENET_RECIPE)
   return config
+
+
+def _unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                  prefix: str = '') -> list:
+  """Dotted names of keys in `config` that `reference` does not declare."""
+  unknown = []
+  for key in config.keys():
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+      hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ''
+      unknown.append(f"'{prefix}{key}'{hint}")
+    elif isinstance(config[key], ml_collections.ConfigDict):
+      unknown += _unknown_keys(config[key], reference[key], f'{prefix}{key}.')
+  return unknown
+
+
+_CHOICES = {
+    'dataset': ('cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012', 'digits'),
+    'data_source': ('tfds', 'folder'),
+    'pipeline': ('tf_data', 'device'),
+    'optimizer': ('sgd',),
+}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming any key `base()` does not declare or any value out of range."""
+  unknown = _unknown_keys(config, base())
+  if unknown:
+    raise ValueError(f'config: unknown key(s) {", ".join(unknown)}; every key must be one '
+                     'that ssc_jax/config_lib.py:base() declares')
+  for key, choices in _CHOICES.items():
+    if config[key] not in choices:
+      raise ValueError(f'config.{key}={config[key]!r} must be one of {choices}')
+  if config.model.dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.model.dtype={config.model.dtype!r} must be 'float32' or 'bfloat16'")
+  for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps',
+              'keep_checkpoints', 'eval_every_epochs'):
+    if not isinstance(config[key], int) or config[key] < 1:
+      raise ValueError(f'config.{key}={config[key]!r} must be a positive int')
+  if not 0.0 <= config.validation_fraction < 1.0:
+    raise ValueError(f'config.validation_fraction={config.validation_fraction!r} must be in [0, 1)')
+  if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
+    raise ValueError('config: learning_rate must be > 0, weight_decay >= 0 and momentum in '
+                     f'[0, 1) (got {config.learning_rate}, {config.weight_decay}, {config.momentum})')
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
+  """{'model.g': ..., 'batch_size': ...}: the config as flat hyperparameters."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from ssc_jax.data.errors import DatasetNotFoundError
 from ssc_jax.data.errors import UnreadableImageError
-from ssc_jax.data.specs import dataset_spec
+from ssc_jax.data.sources import dataset_spec
 from ssc_jax.data.specs import DatasetSpec
 
 __all__ = ['DatasetNotFoundError', 'DatasetSpec', 'Input', 'UnreadableImageError',

@@ -1,15 +1,17 @@
 """Device-resident input: uint8 datasets sharded over the mesh's 'data' axis.
 
-Each split is decoded once (no TensorFlow needed for folders, digits and the
-Tiny-ImageNet zip), padded to a multiple of the 'data' axis size and stored
-row-sharded over it. A batch is gathered by global example index inside
-`shard_map`: every device contributes the rows it holds (zeros elsewhere) and
-`psum_scatter` leaves each device its slice of the batch (exact: one non-zero
-term per element). Train order: epoch e is `permutation(fold_in(k_order, e))`
-of the training examples, step s of it takes the s-th slice of B (the last
-partial batch is dropped); augmentation draws bits for the whole global batch
-from `fold_in(k_augment, step)`. Nothing depends on the number of devices or
-processes, and resuming at step k is exact.
+Each split is decoded once (no TensorFlow needed for folders, digits, the
+Tiny-ImageNet zip and array_record TFDS data); every process decodes all of it
+and places the rows of its own devices. Splits are padded to a multiple of
+the 'data' axis size and stored row-sharded over it. A batch is gathered by
+global example index inside `shard_map`: every device contributes the rows it
+holds (zeros elsewhere) and `psum_scatter` leaves each device its slice of the
+batch (exact: one non-zero term per element). Train order: epoch e is
+`permutation(fold_in(k_order, e))` of the training examples, step s of it
+takes the s-th slice of B (the last partial batch is dropped); augmentation
+draws bits for the whole global batch from `fold_in(k_augment, step)`.
+Nothing depends on the number of devices or processes, and resuming at step k
+is exact.
 """
 
 import functools

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ssc_jax.data import errors
+from ssc_jax.data import specs
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
@@ -65,7 +66,7 @@ def held_out_mask(files: FileList, fraction: float) -> np.ndarray:
   mask = np.zeros(len(files), bool)
   start = 0
   for size in class_sizes(files):
-    k = int(round(size * fraction))
+    k = specs.num_held_out(size, fraction)
     mask[start + size - k:start + size] = True
     start += size
   return mask

@@ -1,18 +1,8 @@
 """Facts about the supported datasets and the split sizes a config implies."""
 
 import dataclasses
-import os
-
-from ssc_jax.data import errors
 
 DATASETS = ('cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012', 'digits')
-
-# The archive TFDS expects in its manual directory (<data_dir>/downloads/manual).
-MANUAL_FILES = {
-    'tiny_imagenet': 'tiny-imagenet-200.zip',
-    'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar',
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -93,49 +83,3 @@ def num_held_out(n: int, fraction: float) -> int:
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f'validation_fraction must be in [0, 1), got {fraction}.')
   return int(round(n * fraction))
-
-
-def train_counts(config) -> tuple[int, int, int]:
-  """(official train size, test size, per-class train sizes or None).
-
-  Reads TFDS metadata or counts files in the folder layout; decodes nothing.
-  """
-  from ssc_jax.data import sources  # pylint: disable=g-import-not-at-top
-  return sources.counts(config)
-
-
-def dataset_spec(config) -> DatasetSpec:
-  """The split sizes and shapes of `config` (cheap: decodes no images)."""
-  ds_info = info(config.dataset)
-  num_train_total, num_test, class_sizes = train_counts(config)
-  if config.full_train:
-    num_validation = 0
-  elif class_sizes is not None:  # Folder layout: held out per class.
-    num_validation = sum(num_held_out(c, config.validation_fraction)
-                         for c in class_sizes)
-  else:
-    num_validation = num_held_out(num_train_total, config.validation_fraction)
-  return DatasetSpec(
-      name=config.dataset, num_classes=ds_info.num_classes,
-      image_shape=ds_info.input_shape,
-      num_train=num_train_total - num_validation,
-      num_validation=num_validation, num_test=num_test)
-
-
-def not_found(config, where: str, detail: str = '') -> errors.DatasetNotFoundError:
-  """A DatasetNotFoundError naming the dataset, where it looked and the fixes."""
-  name = config.dataset
-  ways = [f'run `tfds build {info(name).tfds_name}` (or tfds.load(..., '
-          'download=True)) on a machine with internet and copy its data_dir']
-  if name in MANUAL_FILES:
-    ways = [f'put {MANUAL_FILES[name]} into <data_dir>/downloads/manual/ '
-            f'and run `tfds build {name}` (or tfds.load(..., download=True))']
-  if name == 'digits':
-    ways = ['it builds offline from scikit-learn: check that scikit-learn is '
-            'installed and data_dir is writable']
-  ways.append("set config.data_source='folder' and config.folder_dir to a "
-              'directory holding <split>/<class>/<image> (splits train, test)')
-  msg = (f'Dataset {name!r} not found in {where}'
-         + (f' ({detail})' if detail else '') + '. To provide it: '
-         + '; or '.join(ways) + '.')
-  return errors.DatasetNotFoundError(msg)

@@ -96,7 +96,7 @@ class HostPipeline:
 
   Args:
     config: the run's config.
-    spec: `specs.dataset_spec(config)`.
+    spec: `sources.dataset_spec(config)`.
     process_index, process_count: this process and how many there are.
     num_devices: devices along the mesh's 'data' axis (divisibility check).
   """
@@ -135,7 +135,7 @@ class HostPipeline:
             'validation': train.take(np.flatnonzero(held)), 'test': test}
 
   def _split_range(self, split: str) -> tuple[str, int, int]:
-    """(TFDS/folder split, start, stop) of `split` in its source split."""
+    """(TFDS split, start, stop) of `split` in that TFDS split."""
     n_train = self.spec.num_train
     if split == 'train':
       return 'train', 0, n_train
@@ -172,7 +172,9 @@ class HostPipeline:
     read_config = tfds.ReadConfig(shuffle_seed=seed, options=options,
                                   try_autocache=False)
     ds = self._builder.as_dataset(
-        split=f'{source}[{lo}:{hi}]', shuffle_files=epoch is not None,
+        split=f'{source}[{lo}:{hi}]',
+        shuffle_files=(epoch is not None
+                       and not self._builder.info.disable_shuffling),
         read_config=read_config,
         decoders={'image': tfds.decode.SkipDecoding()})
     if epoch is not None:
@@ -253,7 +255,8 @@ class HostPipeline:
     if ds is not None:
       ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
-      ds = ds.batch(self.eval_batch).prefetch(max(self.config.prefetch_batches, 1))
+      ds = ds.batch(self.eval_batch).prefetch(
+          max(self.config.prefetch_batches, 1))
       for batch in self._iterate(ds, split):
         yield self._pad(batch)
         count += 1

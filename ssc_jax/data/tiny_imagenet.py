@@ -55,7 +55,8 @@ def iter_split(zip_path: str, split: str):
         name = f'{_ROOT}/val/images/{file_name}'
         yield name, archive.read(name), label_of[wnid]
     else:
-      raise ValueError(f"tiny_imagenet has splits 'train' and 'test', not {split!r}.")
+      raise ValueError(
+          f"tiny_imagenet has splits 'train' and 'test', not {split!r}.")
 
 
 class TinyImagenet(tfds.core.GeneratorBasedBuilder):

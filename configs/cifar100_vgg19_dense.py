@@ -1,0 +1,14 @@
+"""CIFAR-100, VGG-19, dense baseline (every g = 1).
+
+Kept: 100% of the conv + Dense weights.
+
+Run:
+  python -m ssc_jax.main --config=configs/cifar100_vgg19_dense.py --workdir=/tmp/cifar100_vgg19_dense
+"""
+
+from ssc_jax import config_lib
+
+
+def get_config():
+  config = config_lib.cifar('cifar100', 'vgg19')
+  return config

@@ -1,0 +1,14 @@
+"""CIFAR-10, ResNet-32 (doubled width), dense baseline (every g = 1).
+
+Kept: 100% of the conv + Dense weights.
+
+Run:
+  python -m ssc_jax.main --config=configs/cifar10_resnet32_dense.py --workdir=/tmp/cifar10_resnet32_dense
+"""
+
+from ssc_jax import config_lib
+
+
+def get_config():
+  config = config_lib.cifar('cifar10', 'resnet32')
+  return config

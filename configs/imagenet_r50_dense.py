@@ -1,0 +1,14 @@
+"""ImageNet, ResNet-50 v1.5, dense baseline (every g = 1).
+
+Kept: 100% of the conv + Dense weights.
+
+Run:
+  python -m ssc_jax.main --config=configs/imagenet_r50_dense.py --workdir=/tmp/imagenet_r50_dense
+"""
+
+from ssc_jax import config_lib
+
+
+def get_config():
+  config = config_lib.imagenet()
+  return config

@@ -1,0 +1,115 @@
+"""The paper's networks, built from a config's `model` section.
+
+`create_model(config.model, num_classes)` returns the network; its (g, p) come
+from `resolve_settings`: ``config.model.g`` and ``config.model.p`` (and
+``config.model.p_1x1`` for ResNet-50) give one entry per filter count of
+`filter_counts`, or ``config.model.ticket`` solves them for a kept fraction
+of weights (`ssc_jax.budget.solve_ticket`). Unset g means dense (g = 1), unset
+p no mixing, unset p_1x1 dense pointwise (p = 1).
+"""
+
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssc_jax.models.resnet_cifar import ResNet32
+from ssc_jax.models.resnet_imagenet import ResNet50
+from ssc_jax.models.vgg import VGG
+from ssc_jax.models import resnet_cifar
+from ssc_jax.models import resnet_imagenet
+from ssc_jax.models import vgg
+
+NETWORKS = ('vgg19', 'resnet32', 'resnet50', 'digits_ssc')
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+Settings = Dict[str, Tuple[Optional[int], ...]]
+
+
+def filter_counts(model_config) -> Dict[str, Tuple[int, ...]]:
+  """Filter counts that the per-filter-count settings are aligned with.
+
+  'g_p' for ``config.model.g`` / ``config.model.p``; for ResNet-50 also
+  'p_1x1' for ``config.model.p_1x1``.
+  """
+  name = model_config.name
+  if name == 'vgg19':
+    return {'g_p': vgg.filter_counts(vgg.VGG19_BLOCKS)}
+  if name == 'digits_ssc':
+    return {'g_p': vgg.filter_counts(vgg.DIGITS_BLOCKS)}
+  if name == 'resnet32':
+    return {'g_p': resnet_cifar.filter_counts(model_config.width)}
+  if name == 'resnet50':
+    return {'g_p': resnet_imagenet.FILTER_COUNTS,
+            'p_1x1': resnet_imagenet.FILTER_COUNTS_1X1}
+  raise ValueError(f'config.model.name={name!r} must be one of {NETWORKS}')
+
+
+def _entries(model_config, field: str, counts: Tuple[int, ...],
+             default: Optional[int]) -> Tuple[Optional[int], ...]:
+  """``config.model.<field>`` checked against `counts`; `default` everywhere if unset."""
+  value = model_config[field]
+  if value is None:
+    return (default,) * len(counts)
+  value = tuple(value)
+  if len(value) != len(counts):
+    raise ValueError(
+        f'config.model.{field}={value} has {len(value)} entries; '
+        f'{model_config.name} needs one per filter count {counts}')
+  for entry in value:
+    if entry is not None and (isinstance(entry, bool) or not isinstance(entry, int)
+                              or entry < 1):
+      raise ValueError(f'config.model.{field}={value}: entry {entry!r} must be '
+                       'a positive int or None')
+  return value
+
+
+def resolve_settings(model_config, num_classes: Optional[int] = None,
+                     input_channels: int = 3) -> Settings:
+  """Per-filter-count settings: {'g': ..., 'p': ...} (+ 'p_1x1' for ResNet-50).
+
+  Each tuple is aligned with `filter_counts(model_config)`. With
+  ``model.ticket`` set, the settings are solved for that kept fraction of the
+  network's weights, which needs `num_classes` (the Dense layer counts) and
+  `input_channels` (the first convolution counts).
+  """
+  counts = filter_counts(model_config)
+  if model_config.ticket is not None:
+    if num_classes is None:
+      raise ValueError('config.model.ticket is set: resolve_settings needs '
+                       'num_classes to solve for it')
+    from ssc_jax import budget  # pylint: disable=g-import-not-at-top
+    return budget.solve_ticket(model_config, num_classes, model_config.ticket,
+                               input_channels).settings
+  settings = {'g': _entries(model_config, 'g', counts['g_p'], 1),
+              'p': _entries(model_config, 'p', counts['g_p'], None)}
+  if 'p_1x1' in counts:
+    settings['p_1x1'] = _entries(model_config, 'p_1x1', counts['p_1x1'], 1)
+  return settings
+
+
+def create_model(model_config, num_classes: int, input_channels: int = 3) -> nn.Module:
+  """The network of ``model_config`` with `num_classes` outputs.
+
+  Call it as ``model.apply(variables, x, train=..., mutable=['batch_stats'])``
+  on (B, H, W, C) float images; it returns float32 logits. `input_channels`
+  matters only when ``model.ticket`` is set (the first layer's weights count).
+  """
+  if model_config.dtype not in _DTYPES:
+    raise ValueError(f'config.model.dtype={model_config.dtype!r} must be one of '
+                     f'{tuple(_DTYPES)}')
+  common: Dict[str, Any] = dict(
+      num_classes=num_classes, dtype=_DTYPES[model_config.dtype],
+      **resolve_settings(model_config, num_classes, input_channels))
+  name = model_config.name
+  if name == 'vgg19':
+    return VGG(blocks=vgg.VGG19_BLOCKS, **common)
+  if name == 'digits_ssc':
+    return VGG(blocks=vgg.DIGITS_BLOCKS, **common)
+  if name == 'resnet32':
+    return ResNet32(width=model_config.width, **common)
+  return ResNet50(**common)
+
+
+__all__ = ['NETWORKS', 'ResNet32', 'ResNet50', 'VGG', 'create_model',
+           'filter_counts', 'resolve_settings']

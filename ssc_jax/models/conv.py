@@ -1,0 +1,74 @@
+"""The convolution and normalisation that every paper network is built from.
+
+Each convolution of a network is an `SSCConv` tagged with the config field
+that sets its (g, p): `G_P` (``config.model.g`` / ``config.model.p`` by filter
+count), `P_1X1` (``config.model.p_1x1`` by filter count, g = None) or None for
+a layer that always stays dense. The budget reads the tag to group layers.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssc_jax import layers
+
+G_P = 'g_p'
+P_1X1 = 'p_1x1'
+_G_FIELD = {G_P: 'config.model.g'}
+_P_FIELD = {G_P: 'config.model.p', P_1X1: 'config.model.p_1x1'}
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class NetworkConv(layers.SSCConv):
+  """An SSCConv that records which config field sets its (g, p).
+
+  Attributes:
+    setting: `G_P`, `P_1X1`, or None for a layer that stays dense.
+  """
+  setting: Optional[str] = None
+
+
+def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
+         g: Optional[int], p: Optional[int], setting: Optional[str], dtype: Any,
+         name: str, strides: int = 1, padding: Any = 'SAME') -> jnp.ndarray:
+  """Applies a bias-free, He-initialised `NetworkConv` named `name` in `parent`.
+
+  A (g, p) that the layer cannot take raises a ValueError naming the config
+  field it came from and the layer (path, M, N).
+  """
+  in_features = x.shape[-1]
+  try:
+    layers.ssc_structure(in_features, features, kernel_size, g, p)
+  except ValueError as error:
+    g_ok = g is None or (isinstance(g, int) and 1 <= g <= min(in_features, features))
+    field = _G_FIELD.get(setting) if not g_ok else _P_FIELD.get(setting)
+    if field is None and setting is not None:
+      field = f'{_G_FIELD[setting]} / {_P_FIELD[setting]}'
+    path = '/'.join(parent.path + (name,))
+    where = f'{field} entry for {features} filters' if field else 'a dense layer'
+    raise ValueError(
+        f'{where}: (g={g}, p={p}) cannot be used by layer {path!r} '
+        f'(M={in_features} input, N={features} output channels, K={kernel_size}): '
+        f'{error}') from None
+  return NetworkConv(
+      features, kernel_size, strides=strides, padding=padding, g=g, p=p,
+      use_bias=False, dtype=dtype, kernel_init=layers.he_normal(),
+      setting=setting, name=name)(x)
+
+
+def batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> nn.BatchNorm:
+  """BatchNorm with momentum 0.9, epsilon 1e-5; `zero_scale` starts its scale at 0."""
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+      dtype=dtype,
+      scale_init=nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init(),
+      name=name)
+
+
+def classifier(x: jnp.ndarray, num_classes: int, dtype: Any) -> jnp.ndarray:
+  """Global average pooling, then one Dense layer; float32 logits."""
+  x = jnp.mean(x, axis=(-3, -2))
+  return nn.Dense(num_classes, dtype=dtype, name='dense')(x).astype(jnp.float32)

@@ -1,0 +1,78 @@
+"""ResNet-32 for CIFAR and Tiny-ImageNet, with a width multiplier.
+
+A 3x3 stem of 16*width filters, three stages of five basic blocks with
+[16, 32, 64]*width filters (stride 2 at the start of stages 2 and 3), 1x1
+projection shortcuts (convolution + BatchNorm) where the shape changes, global
+average pooling and one Dense layer. The paper (after GraSP) uses width 2. The
+stem, the shortcuts and the Dense layer stay dense; every 3x3 convolution of a
+stage takes that stage's (g, p). No BatchNorm scale is zero-initialised.
+"""
+
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssc_jax.models import conv as conv_lib
+
+STAGE_FILTERS = (16, 32, 64)
+BLOCKS_PER_STAGE = 5
+
+
+def filter_counts(width: int) -> Tuple[int, ...]:
+  """Filters of the three stages for a width multiplier."""
+  return tuple(f * width for f in STAGE_FILTERS)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 SSC convolutions with BatchNorm and a residual connection."""
+  features: int
+  strides: int
+  g: Optional[int]
+  p: Optional[int]
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    ssc = dict(g=self.g, p=self.p, setting=conv_lib.G_P, dtype=self.dtype)
+    y = conv_lib.conv(self, x, self.features, 3, strides=self.strides,
+                      padding=1, name='conv1', **ssc)
+    y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn1')(y))
+    y = conv_lib.conv(self, y, self.features, 3, name='conv2', **ssc)
+    y = conv_lib.batch_norm(train, self.dtype, 'bn2')(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = conv_lib.conv(self, x, self.features, 1, strides=self.strides,
+                        padding=0, g=1, p=None, setting=None, dtype=self.dtype,
+                        name='proj_conv')
+      x = conv_lib.batch_norm(train, self.dtype, 'proj_bn')(x)
+    return nn.relu(x + y)
+
+
+class ResNet32(nn.Module):
+  """ResNet-32 with SSC convolutions.
+
+  Attributes:
+    num_classes: outputs of the Dense layer.
+    width: filter multiplier of every stage (2 in the paper).
+    g, p: (g, p) of the three stages, in order.
+    dtype: compute dtype; parameters are float32.
+  """
+  num_classes: int
+  width: int = 1
+  g: Tuple[Optional[int], ...] = (1, 1, 1)
+  p: Tuple[Optional[int], ...] = (None, None, None)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+    filters = filter_counts(self.width)
+    x = jnp.asarray(x, self.dtype)
+    x = conv_lib.conv(self, x, filters[0], 3, g=1, p=None, setting=None,
+                      dtype=self.dtype, name='stem_conv')
+    x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn')(x))
+    for stage, (features, g, p) in enumerate(zip(filters, self.g, self.p)):
+      for block in range(BLOCKS_PER_STAGE):
+        strides = 2 if stage and not block else 1
+        x = BasicBlock(features, strides, g, p, self.dtype,
+                       name=f'stage{stage + 1}_block{block}')(x, train)
+    return conv_lib.classifier(x, self.num_classes, self.dtype)

@@ -1,0 +1,310 @@
+"""train_and_evaluate: build a run from its config, train, evaluate, summarise.
+
+Data parallel over every device of every process: the train and eval steps
+are `jax.jit`-compiled with the batch sharded over the mesh axis 'data' and
+the state replicated, so BatchNorm statistics and gradients are over the
+global batch. The state buffers are donated to each step.
+"""
+
+import functools
+import json
+import signal
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import parameter_overview
+from etils import epath
+
+from ssc_jax import budget
+from ssc_jax import checkpointing
+from ssc_jax import config_lib
+from ssc_jax import data
+from ssc_jax import metrics
+from ssc_jax import models
+from ssc_jax import optim
+from ssc_jax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes; saved in checkpoints."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy in float32."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, image_shape: Tuple[int, ...],
+                       key: jax.Array, mesh) -> TrainState:
+  """Initial state, created directly in its replicated sharding."""
+
+  def init(key):
+    variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
+
+
+def train_step(model, tx, label_smoothing: float, state: TrainState,
+               batch: Dict[str, jax.Array]) -> Tuple[TrainState, metrics.TrainMetrics, jax.Array]:
+  """One SGD step on a global batch; also whether its loss and new params are finite."""
+
+  def loss_fn(params):
+    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                  batch['image'], train=True, mutable=['batch_stats'])
+    losses = cross_entropy(logits, batch['label'], label_smoothing)
+    return losses.mean(), (logits, losses, updates['batch_stats'])
+
+  grads, (logits, losses, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state)
+  finite = jnp.isfinite(losses.mean()) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)]))
+  step_metrics = metrics.TrainMetrics.single_from_model_output(
+      loss=losses, logits=logits.astype(jnp.float32), labels=batch['label'])
+  return new_state, step_metrics, finite
+
+
+def eval_step(model, state: TrainState, batch: Dict[str, jax.Array]) -> metrics.EvalMetrics:
+  """Metrics of one global eval batch; padded examples (mask 0) do not count."""
+  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                       batch['image'], train=False).astype(jnp.float32)
+  return metrics.EvalMetrics.single_from_model_output(
+      loss=cross_entropy(logits, batch['label']), logits=logits, labels=batch['label'],
+      mask=batch['mask'])
+
+
+def evaluate(step_fn, state: TrainState, batches: Iterator[Dict[str, jax.Array]],
+             split: str) -> Dict[str, float]:
+  """Metrics over every example of a split, named '<split>_<metric>'."""
+  total = None
+  for batch in batches:
+    batch_metrics = step_fn(state, batch)
+    total = batch_metrics if total is None else total.merge(batch_metrics)
+  return {f'{split}_{name}': float(value) for name, value in total.compute().items()}
+
+
+def _evaluate_splits(step_fn, state: TrainState, data_input) -> Dict[str, float]:
+  """Validation (when held out) and test metrics."""
+  results = {}
+  splits = (['validation'] if data_input.spec.num_validation else []) + ['test']
+  for split in splits:
+    results.update(evaluate(step_fn, state, data_input.eval_batches(split), split))
+  return results
+
+
+def prepare_workdir(workdir: str) -> epath.Path:
+  """The workdir, created; a clear error if it cannot be written."""
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_probe_{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as error:
+    raise ValueError(f'--workdir={workdir!s}: cannot write there ({error}). Choose a '
+                     'directory this user can create and write.') from error
+  return path
+
+
+class PreemptionSignal:
+  """Context: records SIGTERM (preemption) instead of dying, so the loop can save."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning('Received signal %d: saving a checkpoint and stopping.', signum)
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(pending: List[Tuple[int, jax.Array, jax.Array]], last_saved: Optional[int],
+                 checkpoint_dir: epath.Path) -> None:
+  """Raises NonFiniteLossError naming the first step whose loss or new params are not finite.
+
+  `pending` holds (step, finite flag, summed loss) of the steps not yet checked.
+  """
+  flags_and_losses = jax.device_get([(finite, loss) for _, finite, loss in pending])
+  for (step, _, _), (finite, loss) in zip(pending, flags_and_losses):
+    if not finite:
+      kept = (f'the last good checkpoint is step {last_saved} in {checkpoint_dir}'
+              if last_saved is not None else 'no checkpoint was written')
+      raise NonFiniteLossError(f'Non-finite training loss or parameters (loss sum {float(loss)}) '
+                               f'at step {step}; stopping. {kept}.')
+  pending.clear()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains and evaluates the model of `config`, resuming from `workdir`.
+
+  Returns the run's summary, also written to `<workdir>/summary.json`.
+  """
+  wall_start = time.time()
+  config_lib.check_config(config)
+  workdir = prepare_workdir(workdir)
+  mesh = sharding.create_mesh()
+  data_input = data.create_input(config, mesh)
+  spec = data_input.spec
+  model = models.create_model(config.model, spec.num_classes, spec.image_shape[-1])
+  steps_per_epoch = data_input.steps_per_epoch
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(config.num_epochs * steps_per_epoch))
+  tx = optim.create_optimizer(config, steps_per_epoch)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch)
+
+  checkpointer = checkpointing.Checkpointer(workdir, config)
+  state = create_train_state(model, tx, spec.image_shape, jax.random.key(config.seed), mesh)
+  state = checkpointer.restore(state)
+  start_step = int(state.step)
+
+  writer = metrics.create_writer(workdir)
+  if start_step == 0:
+    parameter_overview.log_parameter_overview(state.params)
+    writer.write_hparams(config_lib.flatten(config))
+  logging.info('Training %s on %s: %d steps (%d per epoch), %d devices, from step %d.',
+               config.model.name, spec.name, num_steps, steps_per_epoch, jax.device_count(),
+               start_step)
+
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  p_train_step = jax.jit(
+      functools.partial(train_step, model, tx, config.label_smoothing),
+      in_shardings=(replicated, batched), out_shardings=(replicated,) * 3,
+      donate_argnums=(0,))
+  p_eval_step = jax.jit(functools.partial(eval_step, model),
+                        in_shardings=(replicated, batched), out_shardings=replicated)
+
+  try:
+    state, eval_results, throughput, preempted = _train_loop(
+        config, state, data_input, p_train_step, p_eval_step, checkpointer, writer, schedule,
+        num_steps, start_step)
+  finally:  # pending asynchronous saves and writes complete whatever happens
+    checkpointer.close()
+    writer.close()
+  if preempted:
+    return {'preempted_at_step': int(state.step)}
+  summary = _summary(config, spec, state, eval_results, throughput, time.time() - wall_start)
+  if jax.process_index() == 0:
+    (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+  logging.info('Summary: %s', summary)
+  return summary
+
+
+def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step,
+                checkpointer: checkpointing.Checkpointer, writer: metrics.Writers, schedule,
+                num_steps: int, start_step: int):
+  """Steps from `start_step` to `num_steps`: logs, evaluates, saves, stops on SIGTERM.
+
+  Returns (state, last eval metrics, train images/s after compilation, preempted).
+  """
+  steps_per_epoch = data_input.steps_per_epoch
+  last_saved = checkpointer.latest_step()
+  progress = metrics.Progress(num_steps, writer, config.log_every_steps)
+  train_metrics, pending_losses = None, []
+  timed_steps, timed_seconds, timer = 0, 0.0, None
+  eval_results: Dict[str, float] = {}
+  batches = data_input.train_batches(start_step)
+  with PreemptionSignal() as preemption:
+    for step in range(start_step + 1, num_steps + 1):
+      batch = next(batches)
+      state, step_metrics, finite = p_train_step(state, batch)
+      pending_losses.append((step, finite, step_metrics.loss.total))
+      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+      if timer is None:  # the first step compiles: time from its end
+        jax.block_until_ready(state)
+        timer = time.perf_counter()
+      else:
+        timed_steps += 1
+      progress(step)
+
+      epoch_end = step % steps_per_epoch == 0
+      is_last = step == num_steps
+      log_now = step % config.log_every_steps == 0 or is_last
+      eval_now = is_last or (epoch_end and (step // steps_per_epoch) % config.eval_every_epochs == 0)
+      save_now = step % config.checkpoint_every_steps == 0 or epoch_end or is_last
+      stop_now = preemption.received or checkpointer.reached_preemption(step)
+      if not (log_now or eval_now or save_now or stop_now):
+        continue
+
+      jax.block_until_ready(state)
+      timed_seconds += time.perf_counter() - timer
+      check_finite(pending_losses, last_saved, checkpointer.directory)
+      if log_now:
+        scalars = {f'train_{k}': v for k, v in train_metrics.compute().items()}
+        scalars['learning_rate'] = schedule(step - 1)
+        writer.write_scalars(step, scalars)
+        train_metrics = None
+      if eval_now:
+        eval_results = _evaluate_splits(p_eval_step, state, data_input)
+        writer.write_scalars(step, {**eval_results, 'epoch': step / steps_per_epoch})
+      if save_now or stop_now:
+        checkpointer.save(step, state, force=stop_now)
+        last_saved = step
+      writer.flush()
+      timer = time.perf_counter()
+      if stop_now:
+        logging.warning('Preempted at step %d: checkpoint saved, exiting.', step)
+        return state, eval_results, None, True
+
+  if not eval_results:  # resumed a finished run: evaluate its final state
+    eval_results = _evaluate_splits(p_eval_step, state, data_input)
+  throughput = timed_steps * config.batch_size / timed_seconds if timed_seconds > 0 else None
+  return state, eval_results, throughput, False
+
+
+def _summary(config, spec, state: TrainState, eval_results: Dict[str, float],
+             throughput: Optional[float], wall_seconds: float) -> Dict[str, Any]:
+  """The figures of a finished run."""
+  counts = budget.budget(config).to_dict()
+  summary = {
+      'config_model': config.model.name,
+      'dataset': spec.name,
+      'steps': int(state.step),
+      **{k: v for k, v in eval_results.items()},
+      'test_top1': eval_results.get('test_accuracy'),
+      'kept_params': counts['kept_params'],
+      'dense_params': counts['dense_params'],
+      'kept_fraction': counts['kept_fraction'],
+      'macs': counts['macs'],
+      'dense_macs': counts['dense_macs'],
+      'images_per_second': throughput,
+      'wall_time_s': wall_seconds,
+      'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+  }
+  if spec.name == 'imagenet2012':
+    summary['test_top5'] = eval_results.get('test_top5_accuracy')
+  return summary
