@@ -5,11 +5,9 @@ g = [16, 32, 64], p = [16, 64, 64] on the layers with [32, 64, 128] filters.
 Kept: 3.43% of the conv + Dense weights (`python -m ssc_jax.budget`),
 against the stated 2% ticket.
 
-The seed's p = 64 exceeds the input channels of the first convolution of
-stage 2 (M = 32; the layer takes p in [1, M]), so this config does not build:
-creating its model raises a ValueError naming config.model.p and the layer
-'stage2_block0/conv1' (M=32, N=64). The kept fraction above counts the seed's
-pattern directly. --config.model.ticket=0.02 gives a buildable 2% network.
+The seed's p = 64 exceeds the 32 input channels of the first convolution of
+stage 2; SSCConv takes p up to max(M, N), so that layer mixes each input c
+into outputs c and c + 64 only. --config.model.ticket=0.02 trains at exactly 2%.
 Paper test accuracy: 63.0%.
 
 Run:

@@ -333,7 +333,7 @@ def test_initialisation_uses_the_real_fan_in():
 
 @pytest.mark.parametrize('kwargs,field,allowed', [
     (dict(g=0), 'g', '[1, 16]'), (dict(g=-2), 'g', '[1, 16]'), (dict(g=17), 'g', '[1, 16]'),
-    (dict(g=2, p=25), 'p', '[1, 24]'), (dict(g=None, p=0), 'p', '[1, 24]'),
+    (dict(g=2, p=25), 'p', '[1, 24]'), (dict(g=None, p=-1), 'p', '[1, 24]'), (dict(g=None, p=0), 'p', '[1, 24]'),
     (dict(g=2.5), 'g', '[1, 16]')])
 def test_out_of_range_settings_name_module_field_and_range(kwargs, field, allowed):
   module = SSCConv(16, 3, name='conv7', **kwargs)
@@ -341,6 +341,17 @@ def test_out_of_range_settings_name_module_field_and_range(kwargs, field, allowe
     module.init(jax.random.key(0), jnp.ones((1, 8, 8, 24)))
   message = str(error.value)
   assert "SSCConv 'conv7'" in message and f'{field}=' in message and allowed in message
+
+
+def test_p_beyond_the_input_channels():
+  """p in (M, N]: the mix joins c to n = c + k*p (the seed's p = 64 on 32 -> 64 channels)."""
+  module = SSCConv(64, 3, g=32, p=64, precision=HIGHEST)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 32))
+  variables = perturbed_variables(module, x)
+  kernel = dense_kernel(module.structure(32), variables)
+  np.testing.assert_array_equal(np.asarray(kernel) != 0, spec_mask(32, 64, 3, 32, 64))
+  expected = reference_conv(x, kernel, (1, 1), 'SAME') + variables['params']['bias']
+  assert relative_error(module.apply(variables, x), expected) < 1e-5
 
 
 def test_both_parts_disabled_and_kernel_too_large():
