@@ -11,7 +11,6 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import flags
 from absl import logging
 from etils import epath
 
@@ -44,12 +43,19 @@ class Checkpointer:
   """Saves and restores the train state of one run."""
 
   def __init__(self, workdir: epath.Path, config: ml_collections.ConfigDict):
-    _use_coordination_service_barriers()
     self.directory = workdir / 'checkpoints'
     self._config = config
+    # Several processes: synchronous saves. An async save's background thread
+    # runs orbax's barriers (collective `sync_global_devices` computations)
+    # while the training thread launches its own collectives; the processes can
+    # then launch them in different orders and deadlock (2 CPU processes with
+    # gloo hung in the first evaluation after an async save).
+    use_async = config.async_checkpointing and jax.process_count() == 1
+    if config.async_checkpointing and not use_async:
+      logging.info('%d processes: checkpoints are saved synchronously.', jax.process_count())
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_checkpoints,
-        enable_async_checkpointing=config.async_checkpointing,
+        enable_async_checkpointing=use_async,
         create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'config'))
@@ -91,27 +97,6 @@ class Checkpointer:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def _use_coordination_service_barriers() -> None:
-  """Several processes: orbax barriers through jax.distributed, not collectives.
-
-  By default orbax implements its barriers with `sync_global_devices`, a
-  collective computation. Asynchronous saves run such barriers from a
-  background thread while the training thread launches its own collectives,
-  so the processes can launch them in different orders and deadlock (seen
-  with 2 CPU processes: hung in the first eval after an async save). The
-  coordination-service barrier involves no device computation.
-  """
-  if jax.process_count() == 1:
-    return
-  name = 'experimental_orbax_use_distributed_barrier'
-  if name in flags.FLAGS and flags.FLAGS.is_parsed():
-    flags.FLAGS[name].value = True
-  else:
-    logging.warning('Several processes but absl flags unparsed: pass --%s=true (or set '
-                    'config.async_checkpointing=False) to avoid collective barriers racing '
-                    'the training step.', name)
 
 
 def _state_defining_dict(saved_config: dict) -> dict:

@@ -451,6 +451,10 @@ def _mix(x: Array, mix_box: Array, structure: SSCStructure, precision) -> Array:
   return y[..., :structure.features]
 
 
+IMPLEMENTATIONS = ('auto', 'grouped', 'taps', 'dense')
+_CPU_TAPS_MIN_GROUPS = 8  # on CPU, 'taps' beats 'dense' from about this many groups
+
+
 class SSCConv(nn.Module):
   """Structured sparse convolution: grouped KxK conv plus structured 1x1 mixing.
 
@@ -476,6 +480,15 @@ class SSCConv(nn.Module):
     kernel_init: an SSC initializer `(key, fan_in, dtype)`; each weight is drawn
       with the real fan-in of the output channel it feeds.
     bias_init: a flax initializer for the bias.
+    implementation: how the layer runs; all give the same function.
+      'grouped': one `lax.conv_general_dilated` with `feature_group_count=g`
+      plus the mixing einsum (the fewest FLOPs; used on GPU and TPU).
+      'taps': the grouped KxK part as one batched matmul per group over the
+      K*K shifted inputs, plus the einsum. 'dense': the layer's dense kernel
+      (`dense_kernel`) through one convolution. 'auto': 'grouped' on GPU/TPU
+      and wherever g is None or 1; on CPU, where XLA's grouped-convolution
+      gradient runs over 15x slower than a dense one (benchmarks/layer_speed.py),
+      'dense' for g < 8 and 'taps' for g >= 8.
   """
   features: int
   kernel_size: Union[int, Sequence[int]] = 3
@@ -489,6 +502,7 @@ class SSCConv(nn.Module):
   precision: Any = None
   kernel_init: SSCInitializer = dataclasses.field(default_factory=lecun_normal)
   bias_init: Callable = nn.initializers.zeros_init()
+  implementation: str = 'auto'
 
   def structure(self, in_features: int) -> SSCStructure:
     """The validated structure of this layer for M = in_features."""
@@ -520,27 +534,77 @@ class SSCConv(nn.Module):
 
     batch_shape = x.shape[:-3]
     x = x.reshape((-1,) + x.shape[-3:])
-    parts = []  # at least one: g=None leaves the c == n pairs to the mix
-    if kernel is not None:
-      parts.append(self._grouped_conv(x, kernel, structure, strides, pads))
-    if mix is not None:
-      taps = _centre_taps(x, structure, pads, strides, output_size)
-      parts.append(_mix(taps, _padded_mix(structure, mix), structure, self.precision))
-    y = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+    implementation = self._implementation(structure)
+    if implementation == 'dense':
+      weights = {k: v for k, v in (('kernel', kernel), ('mix', mix)) if v is not None}
+      y = lax.conv_general_dilated(
+          x, dense_kernel(structure, weights), window_strides=strides, padding=pads,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
+    else:
+      parts = []  # at least one: g=None leaves the c == n pairs to the mix
+      if kernel is not None:
+        parts.append(self._grouped_conv(x, kernel, structure, strides, pads, output_size,
+                                        implementation))
+      if mix is not None:
+        taps = _centre_taps(x, structure, pads, strides, output_size)
+        parts.append(_mix(taps, _padded_mix(structure, mix), structure, self.precision))
+      y = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     if bias is not None:
       y = y + bias
     return y.reshape(batch_shape + y.shape[1:])
 
   def _grouped_conv(self, x: Array, kernel: Array, structure: SSCStructure,
-                    strides, pads) -> Array:
+                    strides, pads, output_size, implementation: str) -> Array:
     """The KxK part: a grouped convolution, padded to equal groups if needed."""
     if structure.conv_input_index is not None:
       x = jnp.take(x, jnp.asarray(structure.conv_input_index), axis=-1)
-    y = lax.conv_general_dilated(
-        x, _padded_kernel(structure, kernel), window_strides=strides, padding=pads,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=structure.g, precision=self.precision)
+    kernel = _padded_kernel(structure, kernel)
+    if implementation == 'grouped':
+      y = lax.conv_general_dilated(
+          x, kernel, window_strides=strides, padding=pads,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=structure.g, precision=self.precision)
+    else:
+      y = _grouped_conv_taps(x, kernel, structure, strides, pads, output_size, self.precision)
     if structure.conv_output_index is not None:
       y = jnp.take(y, jnp.asarray(structure.conv_output_index), axis=-1)
     return y
 
+  def _implementation(self, structure: SSCStructure) -> str:
+    """'grouped', 'taps' or 'dense' for this layer, resolving 'auto'."""
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"SSCConv '{self.name}': implementation={self.implementation!r} must be "
+                       f'one of {IMPLEMENTATIONS}')
+    if self.implementation != 'auto':
+      return self.implementation
+    if structure.g is None or structure.g == 1 or jax.default_backend() != 'cpu':
+      return 'grouped'
+    return 'taps' if structure.g >= _CPU_TAPS_MIN_GROUPS else 'dense'
+
+
+def _grouped_conv_taps(x: Array, kernel: Array, structure: SSCStructure, strides, pads,
+                       output_size: Tuple[int, int], precision) -> Array:
+  """Grouped KxK convolution as one matmul per group over the K*K shifted inputs.
+
+  x: (B, H, W, g*Mg) grouped input; kernel: (K, K, Mg, g*Ng) grouped HWIO.
+  The input is moved group-major once, so the (g, B*H'*W', K*K*Mg) patches
+  feed a batched matmul without a transpose of the K*K-times larger tensor.
+  """
+  kh, kw = structure.kernel_size
+  max_in, max_out = structure.padded_groups
+  g = structure.g
+  (out_h, out_w), (sh, sw) = output_size, strides
+  batch, height, width = x.shape[:3]
+  grouped = jnp.transpose(x.reshape(batch, height, width, g, max_in), (3, 0, 1, 2, 4))
+  padded = lax.pad(grouped, jnp.zeros((), x.dtype),
+                   [(0, 0, 0), (0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
+  views = [lax.slice(padded, (0, 0, i, j, 0),
+                     (g, batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, max_in),
+                     (1, 1, sh, sw, 1))
+           for i in range(kh) for j in range(kw)]
+  patches = jnp.stack(views, axis=-2).reshape(g, batch * out_h * out_w, kh * kw * max_in)
+  weights = jnp.transpose(kernel.reshape(kh * kw, max_in, g, max_out), (2, 0, 1, 3))
+  y = lax.dot_general(patches, weights.reshape(g, kh * kw * max_in, max_out),
+                      (((2,), (1,)), ((0,), (0,))), precision=precision)
+  y = jnp.transpose(y.reshape(g, batch, out_h, out_w, max_out), (1, 2, 3, 0, 4))
+  return y.reshape(batch, out_h, out_w, g * max_out)

@@ -60,9 +60,11 @@ SWEEP = [
 
 @pytest.mark.parametrize('m,n,k,g,p', SWEEP)
 @pytest.mark.parametrize('strides,padding', [(1, 'SAME'), (2, 'VALID')])
-def test_matches_dense_convolution(m, n, k, g, p, strides, padding):
+@pytest.mark.parametrize('implementation', ['grouped', 'taps', 'dense'])
+def test_matches_dense_convolution(m, n, k, g, p, strides, padding, implementation):
   """Output equals lax.conv with the dense kernel; the kernel's support is the spec's."""
-  module = SSCConv(n, k, strides, padding, g=g, p=p, precision=HIGHEST)
+  module = SSCConv(n, k, strides, padding, g=g, p=p, precision=HIGHEST,
+                   implementation=implementation)
   x = jax.random.normal(jax.random.key(m * 1000 + n), (2, 11, 10, m))
   variables = perturbed_variables(module, x)
   structure = module.structure(m)
@@ -78,10 +80,12 @@ def test_matches_dense_convolution(m, n, k, g, p, strides, padding):
 @pytest.mark.parametrize('strides,padding', [
     (1, 'SAME'), (2, 'SAME'), (1, 'VALID'), (2, ((2, 0), (1, 3))), (3, 1), (1, ((0, 0), (3, 2)))])
 @pytest.mark.parametrize('k', [1, 3, 5])
-def test_centre_tap_alignment_all_paddings(k, strides, padding):
-  """The mixing part reads the centre tap for every padding and stride."""
+@pytest.mark.parametrize('implementation', ['grouped', 'taps', 'dense'])
+def test_all_paddings_and_strides(k, strides, padding, implementation):
+  """Both parts line up with the dense convolution for every padding and stride."""
   m, n, g, p = 10, 6, 2, 3
-  module = SSCConv(n, k, strides, padding, g=g, p=p, precision=HIGHEST)
+  module = SSCConv(n, k, strides, padding, g=g, p=p, precision=HIGHEST,
+                   implementation=implementation)
   x = jax.random.normal(jax.random.key(k), (1, 13, 9, m))
   variables = perturbed_variables(module, x, seed=k)
   kernel = dense_kernel(module.structure(m), variables)
@@ -352,6 +356,11 @@ def test_p_beyond_the_input_channels():
   np.testing.assert_array_equal(np.asarray(kernel) != 0, spec_mask(32, 64, 3, 32, 64))
   expected = reference_conv(x, kernel, (1, 1), 'SAME') + variables['params']['bias']
   assert relative_error(module.apply(variables, x), expected) < 1e-5
+
+
+def test_unknown_implementation():
+  with pytest.raises(ValueError, match=r"SSCConv 'c': implementation='cudnn' must be one of"):
+    SSCConv(4, 3, g=2, implementation='cudnn', name='c').init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
 
 
 def test_both_parts_disabled_and_kernel_too_large():
