@@ -7,7 +7,7 @@ against the stated 2% ticket.
 
 The seed's p = 64 exceeds the 32 input channels of the first convolution of
 stage 2; SSCConv takes p up to max(M, N), so that layer mixes each input c
-into outputs c and c + 64 only. --config.model.ticket=0.02 trains at exactly 2%.
+into output c only (outside c's own KxK group). --config.model.ticket=0.02 trains at exactly 2%.
 Paper test accuracy: 63.0%.
 
 Run:

@@ -3,7 +3,7 @@
 # worker, jax.distributed detects the slice by itself.
 #
 #   PROJECT=my-proj ZONE=us-central2-b TPU_NAME=ssc-pod ACCELERATOR_TYPE=v4-32 \
-#   BUCKET=gs://my-bucket CONFIG=configs/cifar10.py \
+#   BUCKET=gs://my-bucket CONFIG=configs/imagenet_r50_40.py \
 #     launch/tpu_pod.sh [create|install|train|logs|delete|all] [--config.key=value ...]
 #
 # Steps: create   gcloud compute tpus tpu-vm create (the slice)
@@ -43,7 +43,7 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 if [[ "$STEP" != delete ]]; then
   need BUCKET "a gs:// bucket for the workdir and the TFDS data"
   [[ "$BUCKET" == gs://* ]] || die "BUCKET must start with gs://, got '$BUCKET'"
-  need CONFIG "the config file, e.g. configs/cifar10.py"
+  need CONFIG "the config file, e.g. configs/imagenet_r50_40.py"
 fi
 BUCKET="${BUCKET%/}"
 WORKDIR="${WORKDIR:-$BUCKET/ssc_jax/$TPU_NAME}"
@@ -70,7 +70,7 @@ install() {
   local repo
   repo="$(cd "$(dirname "$0")/.." && pwd)"
   run "${GCLOUD[@]}" scp --recurse "$repo" "$TPU_NAME:~/$REMOTE_DIR" "${WHERE[@]}" --worker=all
-  run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command="cd ~/$REMOTE_DIR && pip install -U 'jax[tpu]' && pip install -e ."
+  run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command="cd ~/$REMOTE_DIR && pip install -U 'jax[tpu]' && pip install -e '.[tf]'"
 }
 
 train() {

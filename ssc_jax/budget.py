@@ -32,16 +32,9 @@ import numpy as np
 
 from ssc_jax import layers
 from ssc_jax import models
+from ssc_jax.data import specs
 from ssc_jax.models import conv as conv_lib
 
-# Dataset: (number of classes, input shape (H, W, C)).
-DATASETS = {
-    'cifar10': (10, (32, 32, 3)),
-    'cifar100': (100, (32, 32, 3)),
-    'tiny_imagenet': (200, (64, 64, 3)),
-    'imagenet2012': (1000, (224, 224, 3)),
-    'digits': (10, (8, 8, 1)),
-}
 TOLERANCE = 0.0025  # the solver's largest allowed |kept fraction - target|
 _AIM = 0.001  # settings this close count as exact; then the profile decides
 _STEP_RATIO = 2.0  # reference density ratio of one filter count to the next
@@ -50,10 +43,9 @@ _NEAREST = 3  # candidates per non-tuned group that the solver combines
 
 
 def dataset_facts(dataset: str) -> Tuple[int, Tuple[int, int, int]]:
-  """(num_classes, (H, W, C)) of a dataset name."""
-  if dataset not in DATASETS:
-    raise ValueError(f'config.dataset={dataset!r} must be one of {tuple(DATASETS)}')
-  return DATASETS[dataset]
+  """(num_classes, model input (H, W, C)) of a dataset name."""
+  info = specs.info(dataset)
+  return info.num_classes, info.input_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,8 +413,8 @@ def main(argv):
 def _report(config) -> None:
   """Prints the budget of `config`, after solving for --target if given."""
   output: Dict[str, Any] = {}
+  num_classes, input_shape = dataset_facts(config.dataset)
   if flags.FLAGS.target is not None:
-    num_classes, input_shape = dataset_facts(config.dataset)
     ticket = solve_ticket(config.model, num_classes, flags.FLAGS.target, input_shape[-1])
     with config.unlocked():
       config.model.ticket = None
@@ -432,7 +424,8 @@ def _report(config) -> None:
   result = budget(config)
   if flags.FLAGS.json:
     print(json.dumps(dict(dataset=config.dataset, model=config.model.name,
-                          settings=models.resolve_settings(config.model),
+                          settings=models.resolve_settings(config.model, num_classes,
+                                                           input_shape[-1]),
                           **output, **result.to_dict())))
     return
   print(format_table(result))

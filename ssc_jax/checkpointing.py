@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-# Config keys that fix the structure of the train state.
+# Config keys that fix the structure of the train state (model.dtype does not).
 STATE_DEFINING_KEYS = ('dataset', 'model', 'optimizer', 'nesterov')
 
 
@@ -22,9 +22,12 @@ class IncompatibleCheckpointError(ValueError):
   """The workdir holds a checkpoint of a run with a different state structure."""
 
 
-def _state_defining(config: ml_collections.ConfigDict) -> dict:
-  values = config.to_dict()
-  return {key: values[key] for key in STATE_DEFINING_KEYS}
+def _state_defining(values: dict) -> dict:
+  """The parts of a config (as a dict) that fix the train state's structure."""
+  defining = {key: values.get(key) for key in STATE_DEFINING_KEYS}
+  defining['model'] = {k: v for k, v in (defining['model'] or {}).items() if k != 'dtype'}
+  defining['momentum_state'] = bool(values.get('momentum'))  # momentum 0 keeps no trace
+  return defining
 
 
 def _differences(saved: dict, current: dict, prefix: str = '') -> list:
@@ -69,8 +72,8 @@ class Checkpointer:
     if step is None:
       return state
     saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    differences = _differences(_state_defining_dict(saved['config']),
-                               _state_defining(self._config))
+    differences = _differences(_state_defining(saved['config']),
+                               _state_defining(self._config.to_dict()))
     if differences:
       raise IncompatibleCheckpointError(
           f'{self.directory} holds a checkpoint (step {step}) written by an incompatible '
@@ -97,7 +100,3 @@ class Checkpointer:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def _state_defining_dict(saved_config: dict) -> dict:
-  return {key: saved_config.get(key) for key in STATE_DEFINING_KEYS}

@@ -11,6 +11,8 @@ import difflib
 
 import ml_collections
 
+from ssc_jax.data import specs
+
 # Learning-rate recipes of the paper's supplementary (epochs, boundaries).
 CIFAR_RECIPE = dict(num_epochs=250, lr_boundaries_epochs=(100, 150, 200))
 TINY_IMAGENET_RECIPE = dict(num_epochs=350, lr_boundaries_epochs=(150, 250, 300))
@@ -71,7 +73,6 @@ def base() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.async_checkpointing = True
-  config.profile = False
   return config
 
 
@@ -124,7 +125,7 @@ def _unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.C
 
 
 _CHOICES = {
-    'dataset': ('cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012', 'digits'),
+    'dataset': specs.DATASETS,
     'data_source': ('tfds', 'folder'),
     'pipeline': ('tf_data', 'device'),
     'optimizer': ('sgd',),
@@ -143,9 +144,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.dtype not in ('float32', 'bfloat16'):
     raise ValueError(f"config.model.dtype={config.model.dtype!r} must be 'float32' or 'bfloat16'")
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'eval_every_epochs'):
+              'keep_checkpoints', 'eval_every_epochs', 'num_epochs'):
     if not isinstance(config[key], int) or config[key] < 1:
       raise ValueError(f'config.{key}={config[key]!r} must be a positive int')
+  boundaries = list(config.lr_boundaries_epochs)
+  if boundaries != sorted(set(boundaries)) or any(b <= 0 for b in boundaries):
+    raise ValueError(f'config.lr_boundaries_epochs={config.lr_boundaries_epochs!r} must be '
+                     'positive and strictly increasing')
+  if config.warmup_epochs < 0:
+    raise ValueError(f'config.warmup_epochs={config.warmup_epochs!r} must be >= 0')
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ValueError(f'config.validation_fraction={config.validation_fraction!r} must be in [0, 1)')
   if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:

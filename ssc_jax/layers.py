@@ -472,7 +472,8 @@ class SSCConv(nn.Module):
     g: groups of the KxK part, in [1, min(M, N)], or None.
     p: period of the 1x1 mixing, in [1, max(M, N)], or None. The spec asks
       for [1, M]; the seed's CIFAR-100 ResNet-32 2% row uses p = 64 on a
-      32 -> 64 channel conv, where the mix joins c to n = c and n = c + 64.
+      32 -> 64 channel conv, where the mix joins c only to n = c (outside
+      c's own KxK group).
     use_bias: add a bias per output channel.
     dtype: compute dtype (None: from the inputs and parameters).
     param_dtype: parameter dtype.

@@ -63,3 +63,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Sharding of a batch: split along its first axis over 'data'."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def collectives_need_ordering() -> bool:
+  """True where computations with collectives must not overlap: several CPU processes.
+
+  XLA:CPU may run independent computations concurrently, so two processes can
+  enter their gloo collectives in different orders and wait for each other
+  forever; GPU and TPU runtimes keep the order. Callers then block on each
+  step's result before dispatching the next.
+  """
+  return jax.process_count() > 1 and jax.default_backend() == 'cpu'

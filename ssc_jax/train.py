@@ -102,8 +102,11 @@ def evaluate(step_fn, state: TrainState, batches: Iterator[Dict[str, jax.Array]]
              split: str) -> Dict[str, float]:
   """Metrics over every example of a split, named '<split>_<metric>'."""
   total = None
+  ordered = sharding.collectives_need_ordering()
   for batch in batches:
     batch_metrics = step_fn(state, batch)
+    if ordered:
+      jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)
   return {f'{split}_{name}': float(value) for name, value in total.compute().items()}
 
@@ -132,14 +135,19 @@ def prepare_workdir(workdir: str) -> epath.Path:
 
 
 class PreemptionSignal:
-  """Context: records SIGTERM (preemption) instead of dying, so the loop can save."""
+  """Context: records SIGTERM (preemption) instead of dying, so the loop can save.
+
+  Single-process runs only: with several processes, JAX's preemption service
+  (started by jax.distributed) agrees on a step for all of them, which the
+  loop reads through `Checkpointer.reached_preemption`.
+  """
 
   def __init__(self):
     self.received = False
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -238,10 +246,13 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
   timed_steps, timed_seconds, timer = 0, 0.0, None
   eval_results: Dict[str, float] = {}
   batches = data_input.train_batches(start_step)
+  ordered = sharding.collectives_need_ordering()
   with PreemptionSignal() as preemption:
     for step in range(start_step + 1, num_steps + 1):
       batch = next(batches)
       state, step_metrics, finite = p_train_step(state, batch)
+      if ordered:
+        jax.block_until_ready(state)
       pending_losses.append((step, finite, step_metrics.loss.total))
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
       if timer is None:  # the first step compiles: time from its end

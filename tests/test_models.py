@@ -150,13 +150,13 @@ def test_out_of_range_g_names_field_and_layer():
 
 
 def test_out_of_range_p_names_field_and_layer():
-  model = models.create_model(_model_config('resnet32', g=(1, 1, 1), p=(1, 64, 1), width=2), 10)
+  model = models.create_model(_model_config('resnet32', g=(1, 1, 1), p=(1, 65, 1), width=2), 10)
   with pytest.raises(ValueError, match=r"config\.model\.p entry for 64 filters.*'stage2_block0/conv1' \(M=32 input, N=64"):
     _params(model, (32, 32, 3))
 
 
 def test_out_of_range_p_1x1_names_field_and_layer():
-  model = models.create_model(_model_config('resnet50', p_1x1=(1, 1, 1, 200, 1, 1)), 10)
+  model = models.create_model(_model_config('resnet50', p_1x1=(1, 1, 1, 600, 1, 1)), 10)
   with pytest.raises(ValueError, match=r"config\.model\.p_1x1 entry for 512 filters.*stage2_block0/conv3' \(M=128 input"):
     _params(model, (64, 64, 3))
 

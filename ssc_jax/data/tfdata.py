@@ -36,7 +36,13 @@ def _seed(*parts: int) -> int:
 
 
 def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """TensorFlow, or an error that says how to get it or avoid it."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise ImportError("config.pipeline='tf_data' needs TensorFlow: pip install "
+                      "'ssc_jax[tf]', or use config.pipeline='device' for datasets that "
+                      'fit in accelerator memory') from error
   return tf
 
 
