@@ -19,15 +19,6 @@ from ssc_jax.data import tiny_imagenet
 from test_data_utils import HIDE_TENSORFLOW, REPO, config, mesh
 
 
-@pytest.fixture
-def mock_tfds(monkeypatch):
-  monkeypatch.setattr(tfds.core.DatasetBuilder, 'is_prepared',
-                      lambda self: True)
-  with tfds.testing.mock_data(num_examples=64,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    yield
-
-
 @pytest.mark.parametrize('name,classes', [('cifar10', 10), ('cifar100', 100)])
 def test_mock_cifar(mock_tfds, name, classes):
   cfg = config(dataset=name, batch_size=16, eval_batch_size=500,

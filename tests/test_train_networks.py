@@ -5,7 +5,6 @@ import json
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from ssc_jax import data
 from ssc_jax import models
@@ -14,13 +13,6 @@ from ssc_jax import sharding
 from ssc_jax import train
 from test_data_utils import small_cifar
 from test_train import load_config
-
-
-@pytest.fixture
-def mock_tfds(monkeypatch):
-  monkeypatch.setattr(tfds.core.DatasetBuilder, 'is_prepared', lambda self: True)
-  with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
-    yield
 
 
 def run_steps(config, num_steps=3):
