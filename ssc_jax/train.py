@@ -69,7 +69,7 @@ def create_train_state(model, tx: optax.GradientTransformation, image_shape: Tup
 
 def train_step(model, tx, label_smoothing: float, state: TrainState,
                batch: Dict[str, jax.Array]) -> Tuple[TrainState, metrics.TrainMetrics, jax.Array]:
-  """One SGD step on a global batch; also whether its loss and new params are finite."""
+  """One SGD step on a global batch; also whether its loss and new state are finite."""
 
   def loss_fn(params):
     logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
@@ -83,7 +83,7 @@ def train_step(model, tx, label_smoothing: float, state: TrainState,
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state)
   finite = jnp.isfinite(losses.mean()) & jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)]))
+      [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves((params, batch_stats))]))
   step_metrics = metrics.TrainMetrics.single_from_model_output(
       loss=losses, logits=logits.astype(jnp.float32), labels=batch['label'])
   return new_state, step_metrics, finite

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 import itertools
 
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from ssc_jax import sharding
 from ssc_jax.data.errors import DatasetNotFoundError
 from ssc_jax.data.errors import UnreadableImageError
 from ssc_jax.data.sources import dataset_spec
@@ -45,7 +44,7 @@ class Input:
     self.spec: DatasetSpec = dataset_spec(config)
     self._config = config
     self._mesh = mesh
-    self._sharding = NamedSharding(mesh, P('data'))
+    self._sharding = sharding.batch_sharded(mesh)
     if config.pipeline == 'device':
       from ssc_jax.data import device  # pylint: disable=g-import-not-at-top
       self._device = device.DevicePipeline(config, self.spec, mesh)
@@ -56,7 +55,7 @@ class Input:
       self._device = None
       self._host = tfdata.HostPipeline(
           config, self.spec, jax.process_index(), jax.process_count(),
-          mesh.shape['data'])
+          mesh.shape[sharding.DATA_AXIS])
       self.steps_per_epoch = self._host.steps_per_epoch
     else:
       raise ValueError("config.pipeline must be 'tf_data' or 'device', got "

@@ -20,16 +20,15 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssc_jax.data import augment
 from ssc_jax.data import folder
-from ssc_jax.data import sharding
+from ssc_jax.data import partition
 from ssc_jax.data import sources
+from ssc_jax import sharding
 from ssc_jax.data import specs
-
-AXIS = 'data'
+from ssc_jax.sharding import DATA_AXIS as AXIS
 
 
 def _put_rows(array: np.ndarray, mesh, num_rows: int) -> jax.Array:
@@ -37,7 +36,7 @@ def _put_rows(array: np.ndarray, mesh, num_rows: int) -> jax.Array:
   padded = np.zeros((num_rows,) + array.shape[1:], array.dtype)
   padded[:len(array)] = array
   return jax.make_array_from_callback(
-      padded.shape, NamedSharding(mesh, P(AXIS)), lambda index: padded[index])
+      padded.shape, sharding.batch_sharded(mesh), lambda index: padded[index])
 
 
 def _batch_fn(mesh, info, train: bool):
@@ -97,8 +96,8 @@ class DevicePipeline:
     self.spec = spec
     self.mesh = mesh
     devices = mesh.shape[AXIS]
-    sharding.local_batch_size(config.batch_size, 'batch_size', devices, 1)
-    sharding.local_batch_size(config.eval_batch_size, 'eval_batch_size',
+    partition.local_batch_size(config.batch_size, 'batch_size', devices, 1)
+    partition.local_batch_size(config.eval_batch_size, 'eval_batch_size',
                               devices, 1)
     self.steps_per_epoch = spec.num_train // config.batch_size
     if self.steps_per_epoch < 1:
@@ -112,7 +111,7 @@ class DevicePipeline:
     self._perm_fn = jax.jit(
         lambda key, epoch: jax.random.permutation(
             jax.random.fold_in(key, epoch), self.splits['train'].size),
-        out_shardings=NamedSharding(mesh, P()))
+        out_shardings=sharding.replicated(mesh))
 
   def _load(self) -> dict[str, DeviceSplit]:
     config = self.config

@@ -3,7 +3,7 @@
 TensorFlow is imported lazily so `import ssc_jax.data` works without it.
 
 Order and resumption. Every process reads its own contiguous part of a split
-(`sharding.process_range`). Train:
+(`partition.process_range`). Train:
   * folder source: each epoch is an exact permutation of the process's files,
     drawn by numpy from (seed, epoch, process). Starting at step k skips
     (k mod steps_per_epoch) * local_batch file INDICES: no I/O, free.
@@ -22,7 +22,7 @@ import itertools
 import numpy as np
 
 from ssc_jax.data import folder
-from ssc_jax.data import sharding
+from ssc_jax.data import partition
 from ssc_jax.data import sources
 from ssc_jax.data import specs
 
@@ -114,9 +114,9 @@ class HostPipeline:
     self.info = specs.info(config.dataset)
     self.process_index = process_index
     self.process_count = process_count
-    self.batch = sharding.local_batch_size(
+    self.batch = partition.local_batch_size(
         config.batch_size, 'batch_size', num_devices, process_count)
-    self.eval_batch = sharding.local_batch_size(
+    self.eval_batch = partition.local_batch_size(
         config.eval_batch_size, 'eval_batch_size', num_devices, process_count)
     self.steps_per_epoch = spec.num_train // config.batch_size
     if self.steps_per_epoch < 1:
@@ -152,7 +152,7 @@ class HostPipeline:
   def _process_part(self, split: str) -> tuple[str, int, int]:
     """This process's part of `split` as (source split, start, stop)."""
     source, start, stop = self._split_range(split)
-    lo, hi = sharding.process_range(stop - start, self.process_index,
+    lo, hi = partition.process_range(stop - start, self.process_index,
                                     self.process_count)
     return source, start + lo, start + hi
 
@@ -164,12 +164,13 @@ class HostPipeline:
     seed = _seed(self.config.seed, epoch or 0, self.process_index)
     if self._files is not None:
       files = self._files[split]
-      lo, hi = sharding.process_range(len(files), self.process_index,
+      index = np.arange(len(files))
+      if epoch is not None:  # one permutation for all processes, then each its part
+        index = np.random.default_rng(_seed(self.config.seed, epoch)).permutation(index)
+      lo, hi = partition.process_range(len(files), self.process_index,
                                       self.process_count)
-      index = np.arange(lo, hi)
-      if epoch is not None:
-        index = np.random.default_rng(seed).permutation(index)[:take]
-      paths = np.asarray(files.paths, dtype=object)[index].astype(bytes)
+      index = index[lo:hi] if epoch is None else index[lo:hi][:take]
+      paths = np.asarray([files.paths[i].encode() for i in index], dtype=object)
       return tf.data.Dataset.from_tensor_slices((paths, files.labels[index]))
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     source, lo, hi = self._process_part(split)
@@ -237,13 +238,13 @@ class HostPipeline:
 
   def eval_numpy(self, split: str):
     """Local eval batches of `split`, padded and masked; every process yields
-    `sharding.eval_steps` batches, together covering each example once."""
+    `partition.eval_steps` batches, together covering each example once."""
     if split not in ('validation', 'test'):
       raise ValueError(f"split must be 'validation' or 'test', got {split!r}.")
     tf = _tf()
     info = self.info
     n = self.num_examples(split)
-    steps = sharding.eval_steps(n, self.config.eval_batch_size,
+    steps = partition.eval_steps(n, self.config.eval_batch_size,
                                 self.process_count) if n else 0
 
     def preprocess(source, label):
