@@ -6,7 +6,7 @@ device-resident pipeline, so it needs no TensorFlow:
     python -m ssc_jax.main --config=configs/default.py --workdir=/tmp/ssc_default
 
 Expected: test accuracy >= 0.97 after 30 epochs (630 steps); measured 0.9966
-in 38 s on a 2-core CPU machine (2026-11-25). tests/test_train.py checks it.
+in 15 s on a 2-core CPU machine (2026-11-25). tests/test_train.py checks it.
 """
 
 from ssc_jax import config_lib
