@@ -61,8 +61,15 @@ fi
 
 mkdir -p "$WORKDIR/logs"
 PIDS=()
-cleanup() {
+cleanup() {  # SIGTERM (a chance to save), then SIGKILL after 10 s: peers may block in collectives
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 10); do
+    alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 1
+  done
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 trap 'cleanup; exit 130' INT TERM
 for ((i = 0; i < NUM_PROCESSES; i++)); do
