@@ -10,7 +10,6 @@ import pytest
 from ssc_jax import budget
 from ssc_jax import config_lib
 from ssc_jax import layers
-from ssc_jax import models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -144,7 +144,7 @@ def test_local_launcher_dry_run_and_missing_settings():
                   '--config.num_train_steps=7')
   assert result.returncode == 0, result.stderr
   for i in range(3):
-    assert (f'XLA_FLAGS=--xla_force_host_platform_device_count=2 ' in result.stdout and
+    assert ('XLA_FLAGS=--xla_force_host_platform_device_count=2 ' in result.stdout and
             f'--coordinator_address=localhost:1234 --num_processes=3 --process_id={i} '
             '--config.num_train_steps=7' in result.stdout)
   assert 'nothing started' in result.stdout

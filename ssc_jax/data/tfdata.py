@@ -292,7 +292,7 @@ class HostPipeline:
         batch = next(iterator)
       except StopIteration:
         return
-      except tf.errors.InvalidArgumentError as e:
+      except tf.errors.InvalidArgumentError:
         if self._files is not None:
           for path in self._files[split].paths:  # Find the culprit.
             folder.decode(path, channels=self.info.raw_shape[-1])
