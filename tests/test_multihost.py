@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_train import REPO, saved_params  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_train import REPO, run_main, saved_params  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LAUNCH = REPO / 'launch'
 FLAGS = ['--config.model.dtype=float32', '--config.checkpoint_every_steps=5',
@@ -39,15 +39,6 @@ def run_local(workdir, processes, devices, *flags, extra_env=None):
        f'--workdir={workdir}', f'--num_processes={processes}',
        f'--devices_per_process={devices}', f'--port={free_port()}', '--', *flags],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-
-
-def run_single(workdir, devices, *flags):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             PYTHONUNBUFFERED='1')
-  return subprocess.run(
-      [sys.executable, '-m', 'ssc_jax.main', '--config=configs/default.py',
-       f'--workdir={workdir}', *flags], cwd=REPO, env=env, capture_output=True, text=True,
-      timeout=400)
 
 
 def process_log(workdir, i):
@@ -72,7 +63,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
   two = run_local(root / 'two', 2, 2, '--config.num_train_steps=10', *FLAGS)
   assert two.returncode == 0, two.stdout + two.stderr + process_log(root / 'two', 0)[-3000:]
-  one = run_single(root / 'one', 4, '--config.num_train_steps=10', *FLAGS)
+  one = run_main(root / 'one', '--config.num_train_steps=10', *FLAGS, devices=4)
   assert one.returncode == 0, one.stderr[-3000:]
   return root
 
@@ -98,7 +89,7 @@ def test_checkpoints_move_between_process_counts(runs):
   resume = ['--config.num_train_steps=15', *FLAGS]
   to_one = runs / 'two_to_one'
   shutil.copytree(runs / 'two', to_one)
-  single = run_single(to_one, 1, *resume)
+  single = run_main(to_one, *resume, devices=1)
   assert single.returncode == 0, single.stderr[-3000:]
   assert 'Resumed from' in single.stderr and 'from step 10' in single.stderr
 

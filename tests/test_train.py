@@ -35,11 +35,16 @@ def default_config(**overrides):
   return config
 
 
-def run_main(workdir, *flags, wait=True):
-  """Runs `python -m ssc_jax.main` on the default config in a subprocess."""
+def run_main(workdir, *flags, wait=True, devices=None):
+  """Runs `python -m ssc_jax.main` on the default config in a subprocess.
+
+  `devices`: simulate that many CPU devices (XLA_FLAGS).
+  """
   command = [sys.executable, '-m', 'ssc_jax.main', '--config=configs/default.py',
              f'--workdir={workdir}', *flags]
   env = dict(os.environ, PYTHONUNBUFFERED='1')
+  if devices is not None:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   if not wait:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -165,11 +170,7 @@ def test_four_devices_match_one(tmp_path):
            '--config.model.dtype=float32']
   one = run_main(tmp_path / 'one', *flags)
   assert one.returncode == 0, one.stderr
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  four = subprocess.run(
-      [sys.executable, '-m', 'ssc_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path / "four"}', *flags], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=600)
+  four = run_main(tmp_path / 'four', *flags, devices=4)
   assert four.returncode == 0, four.stderr
   assert '4 devices' in four.stderr
   a, b = saved_params(tmp_path / 'one', 20), saved_params(tmp_path / 'four', 20)

@@ -1,5 +1,6 @@
 """Each network family trains a few steps; the loss falls on real images."""
 
+import itertools
 import json
 
 import jax
@@ -15,6 +16,17 @@ from test_data_utils import small_cifar
 from test_train import load_config
 
 
+def take_steps(model, tx, state, batches, num_steps):
+  """num_steps jitted train steps; (final state as numpy, losses). Each must be finite."""
+  step_fn = jax.jit(lambda s, b: train.train_step(model, tx, 0.0, s, b))
+  losses = []
+  for _ in range(num_steps):
+    state, step_metrics, finite = step_fn(state, next(batches))
+    assert bool(finite)
+    losses.append(float(step_metrics.compute()['loss']))
+  return jax.tree.map(np.asarray, state), losses
+
+
 def run_steps(config, num_steps=3):
   """num_steps train steps on the config's pipeline; (first state, last state, losses)."""
   mesh = sharding.create_mesh()
@@ -24,14 +36,7 @@ def run_steps(config, num_steps=3):
   tx = optim.create_optimizer(config, data_input.steps_per_epoch)
   state = train.create_train_state(model, tx, spec.image_shape, jax.random.key(0), mesh)
   first = jax.tree.map(np.asarray, state)
-  step_fn = jax.jit(lambda s, b: train.train_step(model, tx, 0.0, s, b))
-  losses = []
-  batches = data_input.train_batches(0)
-  for _ in range(num_steps):
-    state, step_metrics, finite = step_fn(state, next(batches))
-    assert bool(finite)
-    losses.append(float(step_metrics.compute()['loss']))
-  return first, jax.tree.map(np.asarray, state), losses
+  return (first, *take_steps(model, tx, state, data_input.train_batches(0), num_steps))
 
 
 def assert_trained(first, last, losses, num_steps):
@@ -75,12 +80,8 @@ def test_resnet50_train_step_small_images():
   first = jax.tree.map(np.asarray, state)
   batch = {'image': jax.random.normal(jax.random.key(1), (4, 64, 64, 3)),
            'label': jax.numpy.arange(4)}
-  step_fn = jax.jit(lambda s, b: train.train_step(model, tx, 0.0, s, b))
-  losses = []
-  for _ in range(2):
-    state, step_metrics, _ = step_fn(state, batch)
-    losses.append(float(step_metrics.compute()['loss']))
-  assert_trained(first, jax.tree.map(np.asarray, state), losses, 2)
+  last, losses = take_steps(model, tx, state, itertools.repeat(batch), 2)
+  assert_trained(first, last, losses, 2)
 
 
 def test_loss_falls_on_cifar10_jpeg_subset(tmp_path):

@@ -99,10 +99,7 @@ class DevicePipeline:
     partition.local_batch_size(config.batch_size, 'batch_size', devices, 1)
     partition.local_batch_size(config.eval_batch_size, 'eval_batch_size',
                               devices, 1)
-    self.steps_per_epoch = spec.num_train // config.batch_size
-    if self.steps_per_epoch < 1:
-      raise ValueError(f'batch_size={config.batch_size} exceeds the '
-                       f'{spec.num_train} training examples.')
+    self.steps_per_epoch = partition.train_steps_per_epoch(spec.num_train, config.batch_size)
     self.splits = self._load()
     key = jax.random.fold_in(jax.random.key(config.seed), 0x5D47A)
     self._order_key, self._augment_key = jax.random.split(key)

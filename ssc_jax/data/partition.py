@@ -29,6 +29,14 @@ def local_batch_size(global_batch: int, name: str, num_devices: int,
   return global_batch // process_count
 
 
+def train_steps_per_epoch(num_train: int, global_batch: int) -> int:
+  """Full global batches in one pass over the train split (the remainder is dropped)."""
+  steps = num_train // global_batch
+  if steps < 1:
+    raise ValueError(f'batch_size={global_batch} exceeds the {num_train} training examples.')
+  return steps
+
+
 def eval_steps(n: int, global_batch: int, process_count: int) -> int:
   """Eval batches every process yields so all of its examples fit.
 

@@ -118,10 +118,7 @@ class HostPipeline:
         config.batch_size, 'batch_size', num_devices, process_count)
     self.eval_batch = partition.local_batch_size(
         config.eval_batch_size, 'eval_batch_size', num_devices, process_count)
-    self.steps_per_epoch = spec.num_train // config.batch_size
-    if self.steps_per_epoch < 1:
-      raise ValueError(f'batch_size={config.batch_size} exceeds the '
-                       f'{spec.num_train} training examples.')
+    self.steps_per_epoch = partition.train_steps_per_epoch(spec.num_train, config.batch_size)
     self._files = None
     self._builder = None
     if config.data_source == 'folder':
