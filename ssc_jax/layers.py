@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 PaddingLike = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
@@ -561,10 +562,15 @@ class SSCConv(nn.Module):
       x = jnp.take(x, jnp.asarray(structure.conv_input_index), axis=-1)
     kernel = _padded_kernel(structure, kernel)
     if implementation == 'grouped':
-      y = lax.conv_general_dilated(
-          x, kernel, window_strides=strides, padding=pads,
+      conv = functools.partial(
+          lax.conv_general_dilated, window_strides=strides, padding=pads,
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
           feature_group_count=structure.g, precision=self.precision)
+      if _explicit_axes_in_use():
+        # JAX cannot type the kernel gradient of a grouped convolution under
+        # explicit sharding; the partitioner places it in auto mode.
+        conv = jax.sharding.auto_axes(conv, out_sharding=P(jax.typeof(x).sharding.spec[0]))
+      y = conv(x, kernel)
     else:
       y = _grouped_conv_taps(x, kernel, structure, strides, pads, output_size, self.precision)
     if structure.conv_output_index is not None:
@@ -583,12 +589,18 @@ class SSCConv(nn.Module):
     return 'taps' if structure.g >= _CPU_TAPS_MIN_GROUPS else 'dense'
 
 
+def _explicit_axes_in_use() -> bool:
+  """True while tracing under a mesh (`jax.set_mesh`) with explicit axes."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types
+
+
 def _grouped_conv_taps(x: Array, kernel: Array, structure: SSCStructure, strides, pads,
                        output_size: Tuple[int, int], precision) -> Array:
   """Grouped KxK convolution as one matmul per group over the K*K shifted inputs.
 
   x: (B, H, W, g*Mg) grouped input; kernel: (K, K, Mg, g*Ng) grouped HWIO.
-  The input is moved group-major once, so the (g, B*H'*W', K*K*Mg) patches
+  The input is moved group-major once, so the (g, B, H', W', K*K, Mg) patches
   feed a batched matmul without a transpose of the K*K-times larger tensor.
   """
   kh, kw = structure.kernel_size
@@ -603,9 +615,10 @@ def _grouped_conv_taps(x: Array, kernel: Array, structure: SSCStructure, strides
                      (g, batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, max_in),
                      (1, 1, sh, sw, 1))
            for i in range(kh) for j in range(kw)]
-  patches = jnp.stack(views, axis=-2).reshape(g, batch * out_h * out_w, kh * kw * max_in)
+  patches = jnp.stack(views, axis=-2)  # (g, B, H', W', K*K, Mg)
   weights = jnp.transpose(kernel.reshape(kh * kw, max_in, g, max_out), (2, 0, 1, 3))
-  y = lax.dot_general(patches, weights.reshape(g, kh * kw * max_in, max_out),
-                      (((2,), (1,)), ((0,), (0,))), precision=precision)
-  y = jnp.transpose(y.reshape(g, batch, out_h, out_w, max_out), (1, 2, 3, 0, 4))
+  # The batch axis stays its own dimension (never merged), so a batch sharded
+  # under explicit axes keeps a well-typed sharding.
+  y = lax.dot_general(patches, weights, (((4, 5), (1, 2)), ((0,), (0,))), precision=precision)
+  y = jnp.transpose(y, (1, 2, 3, 0, 4))  # (B, H', W', g, Ng)
   return y.reshape(batch, out_h, out_w, g * max_out)

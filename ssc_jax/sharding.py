@@ -66,11 +66,14 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def collectives_need_ordering() -> bool:
-  """True where computations with collectives must not overlap: several CPU processes.
+  """True where computations must run one at a time: CPU with several devices.
 
-  XLA:CPU may run independent computations concurrently, so two processes can
-  enter their gloo collectives in different orders and wait for each other
-  forever; GPU and TPU runtimes keep the order. Callers then block on each
-  step's result before dispatching the next.
+  XLA:CPU may start the computations it is given out of order. With several
+  processes, two of them can enter their gloo collectives in different orders
+  and wait for each other forever. With several devices in one process, a
+  computation that waits for a step's output can take a device's in-flight
+  slot that the step itself still needs (seen under load: an all-reduce stuck
+  with 2 of 4 participants until XLA aborts). GPU and TPU runtimes keep the
+  order. Callers then wait for each batch and step before dispatching more.
   """
-  return jax.process_count() > 1 and jax.default_backend() == 'cpu'
+  return jax.default_backend() == 'cpu' and jax.device_count() > 1

@@ -97,12 +97,29 @@ def eval_step(model, state: TrainState, batch: Dict[str, jax.Array]) -> metrics.
       mask=batch['mask'])
 
 
+def jit_steps(config, model, tx: optax.GradientTransformation, mesh):
+  """(train step, eval step) compiled for `mesh`: batch sharded, state replicated.
+
+  The train step donates the state it is given.
+  """
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  p_train_step = jax.jit(
+      functools.partial(train_step, model, tx, config.label_smoothing),
+      in_shardings=(replicated, batched), out_shardings=(replicated,) * 3,
+      donate_argnums=(0,))
+  p_eval_step = jax.jit(functools.partial(eval_step, model),
+                        in_shardings=(replicated, batched), out_shardings=replicated)
+  return p_train_step, p_eval_step
+
+
 def evaluate(step_fn, state: TrainState, batches: Iterator[Dict[str, jax.Array]],
              split: str) -> Dict[str, float]:
   """Metrics over every example of a split, named '<split>_<metric>'."""
   total = None
   ordered = sharding.collectives_need_ordering()
   for batch in batches:
+    if ordered:
+      jax.block_until_ready(batch)
     batch_metrics = step_fn(state, batch)
     if ordered:
       jax.block_until_ready(batch_metrics)
@@ -207,13 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                config.model.name, spec.name, num_steps, steps_per_epoch, jax.device_count(),
                start_step)
 
-  replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  p_train_step = jax.jit(
-      functools.partial(train_step, model, tx, config.label_smoothing),
-      in_shardings=(replicated, batched), out_shardings=(replicated,) * 3,
-      donate_argnums=(0,))
-  p_eval_step = jax.jit(functools.partial(eval_step, model),
-                        in_shardings=(replicated, batched), out_shardings=replicated)
+  p_train_step, p_eval_step = jit_steps(config, model, tx, mesh)
 
   try:
     state, eval_results, throughput, preempted = _train_loop(
@@ -249,6 +260,8 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
   with PreemptionSignal() as preemption:
     for step in range(start_step + 1, num_steps + 1):
       batch = next(batches)
+      if ordered:
+        jax.block_until_ready(batch)
       state, step_metrics, finite = p_train_step(state, batch)
       if ordered:
         jax.block_until_ready(state)

@@ -1,6 +1,9 @@
 """SSCConv against independent references: the spec's pattern, dense convs, flax."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -272,6 +275,44 @@ def test_jit_vmap_remat_and_batch_dims():
   g_remat = jax.jit(jax.grad(loss), static_argnums=1)(variables['params'], True)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
     assert relative_error(a, b) < 1e-5
+
+
+_EXPLICIT_SCRIPT = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from ssc_jax import SSCConv
+mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Explicit,))
+worst = 0.0
+for implementation in ('grouped', 'taps', 'dense'):
+  for g, p, m, n in ((4, 2, 16, 32), (3, 5, 10, 14), (None, 4, 8, 8)):
+    layer = SSCConv(n, 3, strides=2, g=g, p=p, implementation=implementation,
+                    precision=jax.lax.Precision.HIGHEST)
+    x = jax.random.normal(jax.random.key(0), (8, 9, 9, m))
+    variables = layer.init(jax.random.key(1), x)
+    loss = lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+    plain = (jax.jit(layer.apply)(variables, x), jax.jit(jax.grad(loss))(variables, x))
+    with jax.set_mesh(mesh):
+      xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+      out = jax.jit(layer.apply)(variables, xs)
+      assert out.sharding.spec[0] == 'data', (implementation, out.sharding)
+      sharded = (out, jax.jit(jax.grad(loss))(variables, xs))
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(plain)):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      worst = max(worst, np.linalg.norm(a - b) / np.linalg.norm(b))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize('devices', [1, pytest.param(4, marks=pytest.mark.slow)])
+def test_explicit_sharding_mesh(devices):
+  """Under `jax.set_mesh` with explicit axes and a sharded batch, every implementation
+  keeps the batch sharding and gives the unsharded outputs and gradients."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  result = subprocess.run([sys.executable, '-c', _EXPLICIT_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert float(result.stdout.split()[-1]) < 1e-5
 
 
 def test_bfloat16_compute_with_float32_params():

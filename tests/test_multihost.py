@@ -72,7 +72,9 @@ def test_two_processes_match_one_process(runs):
   log0, log1 = process_log(runs / 'two', 0), process_log(runs / 'two', 1)
   assert 'process 0 of 2, 2 local / 4 global devices' in log0
   assert 'process 1 of 2, 2 local / 4 global devices' in log1
-  assert_close(saved_params(runs / 'two', 10), saved_params(runs / 'one', 10))
+  # At step 5: later, max-pool ties on digits' flat regions may route a gradient
+  # differently after a last-bit difference (see test_train.test_four_devices_match_one).
+  assert_close(saved_params(runs / 'two', 5), saved_params(runs / 'one', 5))
   assert sorted(p.name for p in (runs / 'two' / 'checkpoints').iterdir()
                 if p.name.isdigit()) == ['10', '5']
   two = json.loads((runs / 'two' / 'summary.json').read_text())

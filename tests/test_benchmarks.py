@@ -1,0 +1,61 @@
+"""The benchmark scripts run and print the tables they promise (no speed is asserted)."""
+
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ACCEPTANCE = REPO / 'benchmarks' / 'gpu_acceptance.sh'
+
+
+def _number(cell: str) -> float:
+  return float(cell.strip().replace(',', '').rstrip('x'))
+
+
+def test_pipeline_against_train_step_table():
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/input_pipeline.py', '--skip_pipelines',
+       '--train_config=configs/default.py', '--train_steps=2', '--repeats=1', '--warmup=1',
+       '--batch_size=32'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert ('| config | device pipeline | train step, fixed batch | step fed by pipeline '
+          '| pipeline / step |') in lines
+  rows = [line for line in lines if line.startswith('| default |')]
+  assert len(rows) == 1, result.stdout
+  pipeline, alone, fed, ratio = (_number(c) for c in rows[0].strip('|').split('|')[1:])
+  assert min(pipeline, alone, fed) > 0
+  assert abs(ratio - pipeline / alone) <= 0.05 + 0.01 * ratio  # the column is their quotient
+  assert not any(line.startswith('| pipeline') for line in lines)  # --skip_pipelines
+
+
+def _acceptance(*args):
+  return subprocess.run(['bash', str(ACCEPTANCE), *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=60)
+
+
+def test_gpu_acceptance_dry_run(tmp_path):
+  archive = tmp_path / 'cifar10-jpeg.tar.xz'
+  archive.write_bytes(b'')
+  result = _acceptance(f'--out={tmp_path}/out', f'--archive={archive}', '--dry-run')
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert '--train_config=configs/cifar10_resnet32_10.py --dtype=bfloat16' in out
+  for config in ('cifar10_resnet32_10', 'cifar10_resnet32_dense'):
+    assert (f'-m ssc_jax.main --config=configs/{config}.py --workdir={tmp_path}/out/{config} '
+            f'--config.data_source=folder --config.folder_dir={tmp_path}/out/cifar10-jpeg '
+            '--config.pipeline=device --config.num_epochs=15 --config.model.dtype=bfloat16') in out
+  assert not (tmp_path / 'out').exists()  # a dry run writes nothing
+
+
+def test_gpu_acceptance_refuses_bad_settings(tmp_path):
+  archive = tmp_path / 'a.tar.xz'
+  archive.write_bytes(b'')
+  missing_out = _acceptance(f'--archive={archive}', '--dry-run')
+  assert missing_out.returncode == 2 and '--out' in missing_out.stderr
+  no_archive = _acceptance(f'--out={tmp_path}', f'--archive={tmp_path}/nothing.tar.xz')
+  assert no_archive.returncode == 2 and 'nothing.tar.xz' in no_archive.stderr
+  bad_epochs = _acceptance(f'--out={tmp_path}', f'--archive={archive}', '--epochs=0')
+  assert bad_epochs.returncode == 2 and '--epochs' in bad_epochs.stderr
+  assert subprocess.run(['bash', '-n', str(ACCEPTANCE)]).returncode == 0
