@@ -124,12 +124,19 @@ def _load_config(path: str):
 
 def _feed_vs_step(args, mesh) -> None:
   """Prints the device pipeline, the train step it feeds, and both together."""
+  if sharding.dispatch_one_at_a_time():
+    sys.exit('--train_config measures asynchronous dispatch: run it on one CPU device or '
+             'on accelerators, not on several CPU devices.')
   config = _load_config(args.train_config)
-  config.update(dict(pipeline='device', batch_size=args.batch_size))
-  if config.dataset == 'cifar10' and _folder_dir(args):
-    config.update(dict(data_source='folder', folder_dir=_folder_dir(args)))
+  config.pipeline = 'device'
+  if args.batch_size:
+    config.batch_size = args.batch_size
+  folder_dir = _folder_dir(args) if config.dataset == 'cifar10' else ''
+  if folder_dir:
+    config.update(dict(data_source='folder', folder_dir=folder_dir))
   if args.dtype:
     config.model.dtype = args.dtype
+  config_lib.check_config(config)
   data_input = data_lib.create_input(config, mesh)
   spec = data_input.spec
   model = models.create_model(config.model, spec.num_classes, spec.image_shape[-1])
@@ -162,7 +169,9 @@ def _feed_vs_step(args, mesh) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--batch_size', type=int, default=None,
+                      help='global batch (default: 128 for the pipelines, the '
+                      "config's own with --train_config)")
   parser.add_argument('--steps', type=int, default=50)
   parser.add_argument('--warmup', type=int, default=5)
   parser.add_argument('--repeats', type=int, default=3)
@@ -174,8 +183,8 @@ def main():
                       'feeds (adds the pipeline-against-step table)')
   parser.add_argument('--train_steps', type=int, default=10,
                       help='steps per repeat in the pipeline-against-step table')
-  parser.add_argument('--dtype', default='',
-                      help='override model.dtype of --train_config (e.g. bfloat16)')
+  parser.add_argument('--dtype', default='', choices=['', 'float32', 'bfloat16'],
+                      help='override model.dtype of --train_config')
   parser.add_argument('--skip_pipelines', action='store_true',
                       help='print only the pipeline-against-step table')
   args = parser.parse_args()
@@ -187,13 +196,14 @@ def main():
         f'{jax.device_count()} x {device.platform}:{device.device_kind}, '
         f'jax {jax.__version__}')
   if not args.skip_pipelines:
-    print(f'# batch_size {args.batch_size}, {args.steps} steps x {args.repeats} '
+    batch_size = args.batch_size or 128
+    print(f'# batch_size {batch_size}, {args.steps} steps x {args.repeats} '
           f'repeats (median), {args.warmup} warm-up steps per repeat excluded\n')
     print(f'| {"pipeline":<34} | {"setup s":>8} | {"images/s":>10} |')
     print(f'|{"-" * 36}|{"-" * 9}:|{"-" * 11}:|')
     for name, overrides, context in _cases(args):
       config = config_lib.base()
-      config.update(dict(overrides, batch_size=args.batch_size))
+      config.update(dict(overrides, batch_size=batch_size))
       with context():
         setup, rate = _measure(config, mesh, args)
       print(f'| {name:<34} | {setup:8.1f} | {rate:10,.0f} |', flush=True)

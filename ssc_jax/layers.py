@@ -566,10 +566,12 @@ class SSCConv(nn.Module):
           lax.conv_general_dilated, window_strides=strides, padding=pads,
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
           feature_group_count=structure.g, precision=self.precision)
-      if _explicit_axes_in_use():
+      explicit = _explicit_axes()
+      if explicit:
         # JAX cannot type the kernel gradient of a grouped convolution under
-        # explicit sharding; the partitioner places it in auto mode.
-        conv = jax.sharding.auto_axes(conv, out_sharding=P(jax.typeof(x).sharding.spec[0]))
+        # explicit sharding: the partitioner places it, in auto mode.
+        conv = jax.sharding.auto_axes(conv, axes=explicit,
+                                      out_sharding=P(*jax.typeof(x).sharding.spec[:-1]))
       y = conv(x, kernel)
     else:
       y = _grouped_conv_taps(x, kernel, structure, strides, pads, output_size, self.precision)
@@ -589,10 +591,10 @@ class SSCConv(nn.Module):
     return 'taps' if structure.g >= _CPU_TAPS_MIN_GROUPS else 'dense'
 
 
-def _explicit_axes_in_use() -> bool:
-  """True while tracing under a mesh (`jax.set_mesh`) with explicit axes."""
+def _explicit_axes() -> Tuple[str, ...]:
+  """The explicit axes of the mesh being traced under (`jax.set_mesh`), if any."""
   mesh = jax.sharding.get_abstract_mesh()
-  return not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types
+  return () if mesh.empty else tuple(mesh.explicit_axes)
 
 
 def _grouped_conv_taps(x: Array, kernel: Array, structure: SSCStructure, strides, pads,

@@ -65,7 +65,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def collectives_need_ordering() -> bool:
+def dispatch_one_at_a_time() -> bool:
   """True where computations must run one at a time: CPU with several devices.
 
   XLA:CPU may start the computations it is given out of order. With several

@@ -116,7 +116,7 @@ def evaluate(step_fn, state: TrainState, batches: Iterator[Dict[str, jax.Array]]
              split: str) -> Dict[str, float]:
   """Metrics over every example of a split, named '<split>_<metric>'."""
   total = None
-  ordered = sharding.collectives_need_ordering()
+  ordered = sharding.dispatch_one_at_a_time()
   for batch in batches:
     if ordered:
       jax.block_until_ready(batch)
@@ -256,7 +256,7 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
   timed_steps, timed_seconds, timer = 0, 0.0, None
   eval_results: Dict[str, float] = {}
   batches = data_input.train_batches(start_step)
-  ordered = sharding.collectives_need_ordering()
+  ordered = sharding.dispatch_one_at_a_time()
   with PreemptionSignal() as preemption:
     for step in range(start_step + 1, num_steps + 1):
       batch = next(batches)

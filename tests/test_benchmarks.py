@@ -30,8 +30,8 @@ def test_pipeline_against_train_step_table():
   assert not any(line.startswith('| pipeline') for line in lines)  # --skip_pipelines
 
 
-def _acceptance(*args):
-  return subprocess.run(['bash', str(ACCEPTANCE), *args], cwd=REPO, capture_output=True,
+def _acceptance(*args, cwd=REPO):
+  return subprocess.run(['bash', str(ACCEPTANCE), *args], cwd=cwd, capture_output=True,
                         text=True, timeout=60)
 
 
@@ -47,6 +47,11 @@ def test_gpu_acceptance_dry_run(tmp_path):
             f'--config.data_source=folder --config.folder_dir={tmp_path}/out/cifar10-jpeg '
             '--config.pipeline=device --config.num_epochs=15 --config.model.dtype=bfloat16') in out
   assert not (tmp_path / 'out').exists()  # a dry run writes nothing
+  # Relative paths are the caller's, although the commands run from the repository root.
+  relative = _acceptance('--out=rel', f'--archive={archive.name}', '--dry-run', cwd=tmp_path)
+  assert relative.returncode == 0, relative.stderr
+  assert f'--workdir={tmp_path}/rel/cifar10_resnet32_10 ' in relative.stdout
+  assert f' {archive} {tmp_path}/rel/cifar10-jpeg' in relative.stdout
 
 
 def test_gpu_acceptance_refuses_bad_settings(tmp_path):
@@ -58,4 +63,9 @@ def test_gpu_acceptance_refuses_bad_settings(tmp_path):
   assert no_archive.returncode == 2 and 'nothing.tar.xz' in no_archive.stderr
   bad_epochs = _acceptance(f'--out={tmp_path}', f'--archive={archive}', '--epochs=0')
   assert bad_epochs.returncode == 2 and '--epochs' in bad_epochs.stderr
+  bad_dtype = _acceptance(f'--out={tmp_path}', f'--archive={archive}', '--dtype=float16')
+  assert bad_dtype.returncode == 2 and '--dtype' in bad_dtype.stderr
+  (tmp_path / 'cifar10_resnet32_dense').mkdir()  # a run there would resume, not start afresh
+  existing = _acceptance(f'--out={tmp_path}', f'--archive={archive}', '--dry-run')
+  assert existing.returncode == 2 and 'cifar10_resnet32_dense exists' in existing.stderr
   assert subprocess.run(['bash', '-n', str(ACCEPTANCE)]).returncode == 0

@@ -299,6 +299,17 @@ for implementation in ('grouped', 'taps', 'dense'):
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(plain)):
       a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
       worst = max(worst, np.linalg.norm(a - b) / np.linalg.norm(b))
+if jax.device_count() == 4:  # inside a shard_map that is manual over 'data' only
+  mesh = jax.make_mesh((2, 2), ('data', 'model'), axis_types=(AxisType.Explicit,) * 2)
+  layer = SSCConv(32, 3, g=4, p=2, implementation='grouped')
+  x = jax.random.normal(jax.random.key(2), (8, 9, 9, 16))
+  variables = layer.init(jax.random.key(3), x)
+  plain = np.asarray(layer.apply(variables, x), np.float64)
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+    out = jax.jit(jax.shard_map(lambda x: layer.apply(variables, x), in_specs=P('data'),
+                                out_specs=P('data'), axis_names={'data'}))(xs)
+  worst = max(worst, np.linalg.norm(np.asarray(out) - plain) / np.linalg.norm(plain))
 print(worst)
 """
 
@@ -307,9 +318,11 @@ print(worst)
 def test_explicit_sharding_mesh(devices):
   """Under `jax.set_mesh` with explicit axes and a sharded batch, every implementation
   keeps the batch sharding and gives the unsharded outputs and gradients."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  result = subprocess.run([sys.executable, '-c', _EXPLICIT_SCRIPT], env=env,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run([sys.executable, '-c', _EXPLICIT_SCRIPT], env=env, cwd=repo,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert float(result.stdout.split()[-1]) < 1e-5
