@@ -20,7 +20,6 @@ step fed by the pipeline.
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import os
 import platform
 import statistics
@@ -115,19 +114,12 @@ def _measure(config, mesh, args) -> tuple[float, float]:
   return setup, args.steps * config.batch_size / seconds
 
 
-def _load_config(path: str):
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _feed_vs_step(args, mesh) -> None:
   """Prints the device pipeline, the train step it feeds, and both together."""
   if sharding.dispatch_one_at_a_time():
     sys.exit('--train_config measures asynchronous dispatch: run it on one CPU device or '
              'on accelerators, not on several CPU devices.')
-  config = _load_config(args.train_config)
+  config = config_lib.load_config_module(args.train_config).get_config()
   config.pipeline = 'device'
   if args.batch_size:
     config.batch_size = args.batch_size

@@ -8,6 +8,9 @@ with the key's name, and `check_config` rejects values out of range.
 """
 
 import difflib
+import importlib.util
+import os
+import types
 
 import ml_collections
 
@@ -17,6 +20,15 @@ from ssc_jax.data import specs
 CIFAR_RECIPE = dict(num_epochs=250, lr_boundaries_epochs=(100, 150, 200))
 TINY_IMAGENET_RECIPE = dict(num_epochs=350, lr_boundaries_epochs=(150, 250, 300))
 IMAGENET_RECIPE = dict(num_epochs=150, lr_boundaries_epochs=(50, 100))
+
+
+def load_config_module(path: str | os.PathLike) -> types.ModuleType:
+  """The config file at `path` as a module: its `get_config()` and its docstring."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                os.fspath(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base() -> ml_collections.ConfigDict:

@@ -38,7 +38,17 @@ class EvalMetrics(clu_metrics.Collection):
   top5_accuracy: clu_metrics.Average.from_fun(_top5_correct)
 
 
-class JsonLinesWriter:
+class _UnbufferedWriter:
+  """A writer that keeps nothing back: flushing and closing have nothing to do."""
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class JsonLinesWriter(_UnbufferedWriter):
   """Appends one JSON object per write to a file: {"step": s, "split/name": value}."""
 
   def __init__(self, path: epath.Path):
@@ -53,14 +63,8 @@ class JsonLinesWriter:
     with self._path.open('a') as f:
       f.write(json.dumps({'hparams': {k: str(v) for k, v in hparams.items()}}) + '\n')
 
-  def flush(self) -> None:
-    pass
 
-  def close(self) -> None:
-    pass
-
-
-class LoggingWriter:
+class LoggingWriter(_UnbufferedWriter):
   """Writes scalars to the log (the writer used where clu's needs TensorFlow)."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -69,12 +73,6 @@ class LoggingWriter:
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     logging.info('[hparams] %s', ', '.join(f'{k}={v}' for k, v in sorted(hparams.items())))
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
 
 
 class Writers:

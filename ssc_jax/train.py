@@ -112,17 +112,21 @@ def jit_steps(config, model, tx: optax.GradientTransformation, mesh):
   return p_train_step, p_eval_step
 
 
+def _dispatch(step_fn, state, batch, one_at_a_time: bool):
+  """`step_fn(state, batch)`; with `one_at_a_time` (see `sharding.dispatch_one_at_a_time`),
+  only once the batch is ready, and returning only once the result is."""
+  if not one_at_a_time:
+    return step_fn(state, batch)
+  return jax.block_until_ready(step_fn(state, jax.block_until_ready(batch)))
+
+
 def evaluate(step_fn, state: TrainState, batches: Iterator[Dict[str, jax.Array]],
              split: str) -> Dict[str, float]:
   """Metrics over every example of a split, named '<split>_<metric>'."""
   total = None
   ordered = sharding.dispatch_one_at_a_time()
   for batch in batches:
-    if ordered:
-      jax.block_until_ready(batch)
-    batch_metrics = step_fn(state, batch)
-    if ordered:
-      jax.block_until_ready(batch_metrics)
+    batch_metrics = _dispatch(step_fn, state, batch, ordered)
     total = batch_metrics if total is None else total.merge(batch_metrics)
   return {f'{split}_{name}': float(value) for name, value in total.compute().items()}
 
@@ -259,12 +263,7 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
   ordered = sharding.dispatch_one_at_a_time()
   with PreemptionSignal() as preemption:
     for step in range(start_step + 1, num_steps + 1):
-      batch = next(batches)
-      if ordered:
-        jax.block_until_ready(batch)
-      state, step_metrics, finite = p_train_step(state, batch)
-      if ordered:
-        jax.block_until_ready(state)
+      state, step_metrics, finite = _dispatch(p_train_step, state, next(batches), ordered)
       pending_losses.append((step, finite, step_metrics.loss.total))
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
       if timer is None:  # the first step compiles: time from its end

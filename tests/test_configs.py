@@ -1,6 +1,5 @@
 """Every config in configs/: loads, builds its model, runs forward; documented fractions."""
 
-import importlib.util
 import pathlib
 import re
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from ssc_jax import budget
+from ssc_jax import config_lib
 from ssc_jax import models
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
@@ -17,10 +17,7 @@ PAPER_ROWS = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem != 'defaul
 
 
 def load(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_config_module(CONFIG_DIR / f'{name}.py')
 
 
 def _model(config):

@@ -14,7 +14,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from ml_collections import config_flags
 
 from ssc_jax import checkpointing
 from ssc_jax import config_lib
@@ -25,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
-  return config_flags.config_flags._LoadConfigModule(name, str(REPO / 'configs' / name)).get_config()  # pylint: disable=protected-access
+  return config_lib.load_config_module(REPO / 'configs' / name).get_config()
 
 
 def default_config(**overrides):
@@ -190,9 +189,8 @@ def test_four_devices_match_one(tmp_path):
 _STEPWISE_SCRIPT = """
 import sys, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
-from ssc_jax import data, models, optim, train
-config = config_flags.config_flags._LoadConfigModule('d', 'configs/default.py').get_config()
+from ssc_jax import config_lib, data, models, optim, train
+config = config_lib.load_config_module('configs/default.py').get_config()
 config.model.dtype = 'float32'
 meshes = [Mesh(np.asarray(jax.devices()[:n]), ('data',)) for n in (1, 4)]
 one = data.create_input(config, meshes[0])
