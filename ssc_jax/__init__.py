@@ -1,16 +1,20 @@
 """ssc_jax: structured sparse convolutions (SSC) in JAX/Flax."""
 
-from ssc_jax.layers import SSCConv
-from ssc_jax.layers import SSCStructure
-from ssc_jax.layers import conv_output_size
-from ssc_jax.layers import dense_kernel
-from ssc_jax.layers import he_normal
-from ssc_jax.layers import lecun_normal
-from ssc_jax.layers import ssc_mask
-from ssc_jax.layers import ssc_structure
-from ssc_jax.layers import variance_scaling
+from ssc_jax.ssc import Fans
+from ssc_jax.ssc import SSCConv
+from ssc_jax.ssc import SSCStructure
+from ssc_jax.ssc import TAPS
+from ssc_jax.ssc import conv_output_size
+from ssc_jax.ssc import dense_kernel
+from ssc_jax.ssc import he_normal
+from ssc_jax.ssc import kaiming_normal_fan_out
+from ssc_jax.ssc import lecun_normal
+from ssc_jax.ssc import ssc_mask
+from ssc_jax.ssc import ssc_structure
+from ssc_jax.ssc import variance_scaling
 
 __all__ = [
-    'SSCConv', 'SSCStructure', 'conv_output_size', 'dense_kernel', 'he_normal',
-    'lecun_normal', 'ssc_mask', 'ssc_structure', 'variance_scaling',
+    'Fans', 'SSCConv', 'SSCStructure', 'TAPS', 'conv_output_size', 'dense_kernel',
+    'he_normal', 'kaiming_normal_fan_out', 'lecun_normal', 'ssc_mask', 'ssc_structure',
+    'variance_scaling',
 ]

@@ -30,7 +30,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ssc_jax import layers
+from ssc_jax import ssc
 from ssc_jax import models
 from ssc_jax.data import specs
 from ssc_jax.models import conv as conv_lib
@@ -109,7 +109,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Budget:
       return out
     name = '/'.join(module.path)
     in_features = args[0].shape[-1]
-    if isinstance(module, layers.SSCConv):
+    if isinstance(module, ssc.SSCConv):
       structure = module.structure(in_features)
       positions = math.prod(out.shape[-3:-1])
       records.append(LayerBudget(

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssc_jax import layers
+from ssc_jax import ssc
 
 G_P = 'g_p'
 P_1X1 = 'p_1x1'
@@ -22,7 +22,7 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-class NetworkConv(layers.SSCConv):
+class NetworkConv(ssc.SSCConv):
   """An SSCConv that records which config field sets its (g, p).
 
   Attributes:
@@ -41,7 +41,7 @@ def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
   """
   in_features = x.shape[-1]
   try:
-    layers.ssc_structure(in_features, features, kernel_size, g, p)
+    ssc.ssc_structure(in_features, features, kernel_size, g, p)
   except ValueError as error:
     g_ok = g is None or (isinstance(g, int) and 1 <= g <= min(in_features, features))
     field = _G_FIELD.get(setting) if not g_ok else _P_FIELD.get(setting)
@@ -55,7 +55,7 @@ def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
         f'{error}') from None
   return NetworkConv(
       features, kernel_size, strides=strides, padding=padding, g=g, p=p,
-      use_bias=False, dtype=dtype, kernel_init=layers.he_normal(),
+      use_bias=False, dtype=dtype, kernel_init=ssc.he_normal(),
       setting=setting, name=name)(x)
 
 

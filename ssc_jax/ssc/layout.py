@@ -1,0 +1,299 @@
+"""Compact storage of an SSC layer's weights, and static gathers out of it.
+
+The parameters hold only kept weights:
+
+* ``kernel`` (the KxK part) stores entries (t, l, n): output n, the l-th
+  input channel of n's group, the t-th position of n's pattern (row-major),
+  ordered by (t, l, n). Its shape is (KH, KW, M//g, N) for the 'full'
+  pattern with g dividing M and N (the layout of
+  ``nn.Conv(feature_group_count=g)``), (T, M//g, N) for a T-position pattern
+  with divisible g, (KH, KW, S) or (T, S) over the S kept (l, n) pairs when g
+  does not divide, and a flat vector where outputs keep different numbers of
+  positions ('alternate' with K = 5).
+* ``mix`` (the 1x1 part) stores entries (r, a, b), joining c = a*p + r to
+  n = b*p + r: a (p, ceil(M/p), ceil(N/p)) box when every entry is kept, else
+  the flat vector of the kept ones in that order.
+
+Every other layout a lowering needs (the padded grouped HWIO kernel, one
+kernel per group of outputs sharing a pattern, the dense kernel) is one
+`jnp.take` of the flat parameters and a zero slot through a static index, so
+gradients never leave the pattern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssc_jax.ssc.structure import SSCStructure
+
+Array = jax.Array
+
+
+class Fans(NamedTuple):
+  """Per stored weight: the real fan-in of the output it feeds and the real
+  fan-out (positions x outputs) of the input it reads, in the parameter's shape."""
+  fan_in: np.ndarray
+  fan_out: np.ndarray
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+  array.setflags(write=False)
+  return array
+
+
+def _index(shape: Tuple[int, ...], targets: Tuple[np.ndarray, ...], size: int) -> np.ndarray:
+  """An int32 array of `shape` holding i at targets[i] and `size` (the zero slot) elsewhere."""
+  index = np.full(shape, size, np.int32)
+  index[targets] = np.arange(size, dtype=np.int32)
+  return _read_only(index)
+
+
+def take_flat(stored: Array, index: np.ndarray) -> Array:
+  """stored.ravel() with a zero appended, gathered at `index`."""
+  flat = jnp.concatenate([stored.reshape(-1), jnp.zeros((1,), stored.dtype)])
+  return jnp.take(flat, jnp.asarray(index), mode='clip')
+
+
+@dataclasses.dataclass(frozen=True)
+class TapClass:
+  """Outputs that share one spatial pattern, as a padded grouped layout.
+
+  Attributes:
+    positions: flat kernel positions (i * KW + j) of the pattern, row-major.
+    max_out: outputs of the class per group, padded to the largest group.
+    kernel_index: (T, max_in, g * max_out) into the flat kernel (zero slot
+      past its end), or None when the stored kernel already is that array.
+    outputs: (g * max_out,) the output channel of each column (-1: padding).
+  """
+  positions: Tuple[int, ...]
+  max_out: int
+  kernel_index: Optional[np.ndarray]
+  outputs: np.ndarray
+
+
+class KernelLayout:
+  """Storage of the KxK part of `structure` (g not None)."""
+
+  def __init__(self, structure: SSCStructure):
+    s = structure
+    self.structure = s
+    kh, kw = s.kernel_size
+    in_sizes, out_sizes = np.diff(s.in_starts), np.diff(s.out_starts)
+    self.max_in, self.max_out = int(in_sizes.max()), int(out_sizes.max())
+    # Kept (l, n) pairs, row-major: every (l, n) when g divides M and N.
+    pair_local, pair_out = np.nonzero(np.arange(self.max_in)[:, None] < in_sizes[s.out_group][None, :])
+    pair_shape = (self.max_in, s.features) if s.kernel_divisible else (len(pair_local),)
+    counts = s.taps_per_output
+    if s.taps == 'full':
+      self.shape = (kh, kw) + pair_shape
+    elif np.all(counts == counts[0]):
+      self.shape = (int(counts[0]),) + pair_shape
+    else:
+      self.shape = (s.num_kernel_weights,)
+    # Entries (t, pair) in storage order, and where each one sits.
+    t, pair = np.nonzero(np.arange(counts.max())[:, None] < counts[pair_out][None, :])
+    positions = np.full((s.features, counts.max()), -1)
+    out_of_position, position = np.nonzero(s.tap_mask.reshape(kh * kw, -1).T)
+    positions[out_of_position, np.concatenate([np.arange(c) for c in counts])] = position
+    self.entry_out = _read_only(pair_out[pair])
+    self.entry_local = _read_only(pair_local[pair])
+    self.entry_in = _read_only(s.in_starts[s.out_group[self.entry_out]] + self.entry_local)
+    self.entry_position = _read_only(positions[self.entry_out, t])
+    self.size = len(self.entry_out)
+    assert self.size == s.num_kernel_weights == int(np.prod(self.shape))
+
+  @property
+  def padded_groups(self) -> Tuple[int, int]:
+    """(inputs, outputs) per group of the padded grouped convolution."""
+    return self.max_in, self.max_out
+
+  def column(self, out: np.ndarray) -> np.ndarray:
+    """Column of output channels in the padded grouped layout (g * max_out)."""
+    s = self.structure
+    group = s.out_group[out]
+    return group * self.max_out + (out - s.out_starts[group])
+
+  @functools.cached_property
+  def fans(self) -> Fans:
+    s = self.structure
+    return Fans(s.fan_in[self.entry_out].reshape(self.shape),
+                s.fan_out[self.entry_in].reshape(self.shape))
+
+  @functools.cached_property
+  def conv_input_index(self) -> Optional[np.ndarray]:
+    """Channels gathered into the padded grouped input (None: identity).
+
+    A padding slot repeats its group's last channel; its weights are zero.
+    """
+    s = self.structure
+    in_sizes = np.diff(s.in_starts)
+    if np.all(in_sizes == self.max_in):
+      return None
+    local = np.minimum(np.arange(self.max_in)[None, :], in_sizes[:, None] - 1)
+    return _read_only((s.in_starts[:-1, None] + local).reshape(-1))
+
+  @functools.cached_property
+  def conv_output_index(self) -> Optional[np.ndarray]:
+    """Columns of the padded grouped output that are real outputs (None: all)."""
+    s = self.structure
+    if np.all(np.diff(s.out_starts) == self.max_out):
+      return None
+    return _read_only(self.column(np.arange(s.features)))
+
+  @functools.cached_property
+  def conv_kernel_index(self) -> Optional[np.ndarray]:
+    """(KH, KW, max_in, g * max_out) into the flat kernel; None if it is the kernel."""
+    s = self.structure
+    if s.taps == 'full' and s.kernel_divisible:
+      return None
+    kh, kw = s.kernel_size
+    shape = (kh * kw, self.max_in, s.g * self.max_out)
+    targets = (self.entry_position, self.entry_local, self.column(self.entry_out))
+    return _index(shape, targets, self.size).reshape((kh, kw) + shape[1:])
+
+  @functools.cached_property
+  def tap_classes(self) -> Tuple[TapClass, ...]:
+    """The outputs grouped by pattern, each as its own padded grouped layout."""
+    s = self.structure
+    kh, kw = s.kernel_size
+    patterns = s.tap_mask.reshape(kh * kw, -1).T  # (N, K*K)
+    unique, which = np.unique(patterns, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    classes = []
+    for c, pattern in enumerate(unique):
+      outputs = np.nonzero(which == c)[0]
+      group = s.out_group[outputs]
+      rank = np.arange(len(outputs)) - np.searchsorted(group, group)  # rank within the group
+      max_out = int(np.bincount(group, minlength=s.g).max())
+      column = np.full(s.features, -1)
+      column[outputs] = group * max_out + rank
+      position = np.flatnonzero(pattern)
+      columns = np.full(s.g * max_out, -1)
+      columns[column[outputs]] = outputs
+      if len(unique) == 1 and s.kernel_divisible:
+        index = None  # stored (T, M//g, N) or (KH, KW, M//g, N) is this layout already
+      else:
+        mine = which[self.entry_out] == c
+        t = np.searchsorted(position, self.entry_position[mine])
+        index = np.full((len(position), self.max_in, s.g * max_out), self.size, np.int32)
+        index[t, self.entry_local[mine], column[self.entry_out[mine]]] = np.flatnonzero(mine)
+        index = _read_only(index)
+      classes.append(TapClass(tuple(int(v) for v in position), max_out, index,
+                              _read_only(columns)))
+    return tuple(classes)
+
+  @functools.cached_property
+  def taps_output_index(self) -> Optional[np.ndarray]:
+    """(N,) into the tap classes' outputs laid side by side (None: identity)."""
+    offsets = np.cumsum([0] + [len(c.outputs) for c in self.tap_classes])
+    where = np.full(self.structure.features, -1)
+    for offset, tap_class in zip(offsets, self.tap_classes):
+      real = tap_class.outputs >= 0
+      where[tap_class.outputs[real]] = offset + np.flatnonzero(real)
+    if np.array_equal(where, np.arange(offsets[-1])):
+      return None
+    return _read_only(where)
+
+  def padded_kernel(self, kernel: Array) -> Array:
+    """The stored kernel as the HWIO kernel of the padded grouped convolution."""
+    index = self.conv_kernel_index
+    return kernel if index is None else take_flat(kernel, index)
+
+  def class_kernel(self, tap_class: TapClass, kernel: Array) -> Array:
+    """(T, max_in, g * max_out) kernel of one tap class."""
+    if tap_class.kernel_index is None:
+      return kernel.reshape(len(tap_class.positions), self.max_in, -1)
+    return take_flat(kernel, tap_class.kernel_index)
+
+
+class MixLayout:
+  """Storage of the 1x1 mixing part of `structure` (some mix weight kept)."""
+
+  def __init__(self, structure: SSCStructure):
+    s = structure
+    self.structure = s
+    p = s.p
+    self.blocks = (-(-s.in_features // p), -(-s.features // p))
+    blocks_in, blocks_out = self.blocks
+    c = np.arange(blocks_in)[None, :, None] * p + np.arange(p)[:, None, None]
+    n = np.arange(blocks_out)[None, None, :] * p + np.arange(p)[:, None, None]
+    valid = (c < s.in_features) & (n < s.features)
+    kept = np.zeros(valid.shape, bool)
+    kept[valid] = s.mix_pairs[np.broadcast_to(c, valid.shape)[valid],
+                              np.broadcast_to(n, valid.shape)[valid]]
+    self.box_kept = _read_only(kept)
+    self.full = bool(kept.all())
+    self.shape = kept.shape if self.full else (s.num_mix_weights,)
+    r, a, b = np.nonzero(kept)
+    self.entry_in = _read_only(a * p + r)
+    self.entry_out = _read_only(b * p + r)
+    self.size = len(r)
+
+  @functools.cached_property
+  def fans(self) -> Fans:
+    s = self.structure
+    return Fans(s.fan_in[self.entry_out].reshape(self.shape),
+                s.fan_out[self.entry_in].reshape(self.shape))
+
+  @functools.cached_property
+  def box_index(self) -> Optional[np.ndarray]:
+    """(p, A, B) into the flat mix (zero slot past its end); None if it is the box."""
+    return None if self.full else _index(self.box_kept.shape, np.nonzero(self.box_kept), self.size)
+
+  def box(self, mix: Array) -> Array:
+    """The stored mix as its (p, A, B) box, zeros where no weight is kept."""
+    return mix if self.box_index is None else take_flat(mix, self.box_index)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Storage of both parts of a layer; None for a part without weights."""
+  structure: SSCStructure
+  kernel: Optional[KernelLayout]
+  mix: Optional[MixLayout]
+
+  @functools.cached_property
+  def dense_index(self) -> np.ndarray:
+    """(KH, KW, M, N) into [flat kernel, flat mix, 0]: the dense kernel's gather."""
+    s = self.structure
+    kh, kw = s.kernel_size
+    kw_ = self.kernel
+    positions, ins, outs = [], [], []
+    if kw_ is not None:
+      positions.append(kw_.entry_position)
+      ins.append(kw_.entry_in)
+      outs.append(kw_.entry_out)
+    if self.mix is not None:
+      ch, cw = s.centre
+      positions.append(np.full(self.mix.size, ch * kw + cw))
+      ins.append(self.mix.entry_in)
+      outs.append(self.mix.entry_out)
+    targets = tuple(np.concatenate(v) for v in (positions, ins, outs))
+    index = _index((kh * kw, s.in_features, s.features), targets, s.num_weights)
+    return index.reshape(kh, kw, s.in_features, s.features)
+
+
+@functools.lru_cache(maxsize=None)
+def layout(structure: SSCStructure) -> Layout:
+  """The (cached) storage layout of `structure`."""
+  kernel = KernelLayout(structure) if structure.g is not None else None
+  mix = MixLayout(structure) if structure.num_mix_weights else None
+  return Layout(structure, kernel, mix)
+
+
+def dense_kernel(structure: SSCStructure, params: Any) -> Array:
+  """The equivalent dense (K, K, M, N) HWIO kernel of a layer's parameters.
+
+  `params` holds 'kernel' and/or 'mix' as SSCConv stores them: a layer's
+  ``variables`` or their ``'params'`` subtree. Get `structure` from
+  `ssc_structure(M, N, K, g, p, taps)` or `SSCConv(...).structure(M)`.
+  """
+  params = params.get('params', params)
+  parts = [params[k].reshape(-1) for k in ('kernel', 'mix') if k in params]
+  return take_flat(jnp.concatenate(parts), layout(structure).dense_index)
