@@ -131,7 +131,7 @@ def _feed_vs_step(args, mesh) -> None:
   config_lib.check_config(config)
   data_input = data_lib.create_input(config, mesh)
   spec = data_input.spec
-  model = models.create_model(config.model, spec.num_classes, spec.image_shape[-1])
+  model = models.create_model(config.model, spec.num_classes)
   tx = optim.create_optimizer(config, data_input.steps_per_epoch)
   state = train.create_train_state(model, tx, spec.image_shape, jax.random.key(0), mesh)
   p_train_step, _ = train.jit_steps(config, model, tx, mesh)

@@ -1,7 +1,8 @@
-"""Per-layer weight and MAC accounting of a network, and the ticket solver.
+"""Per-layer weight and MAC accounting of a network, and tickets resolved on it.
 
     python -m ssc_jax.budget --config=configs/cifar10_vgg19_10.py [--json]
     python -m ssc_jax.budget --config=configs/cifar10_vgg19_10.py --target=0.10
+    python -m ssc_jax.budget --taps_table     # every seed row under 'full' and 'cross'
 
 The layers are found by tracing the real model (`jax.eval_shape` of its init
 with every `SSCConv` and `nn.Dense` call intercepted). The kept fraction is
@@ -9,16 +10,16 @@ that of the weights of all convolutions and Dense layers (no biases, no
 BatchNorm): sum of kept weights / sum of the dense network's weights. MACs are
 per example at the dataset's input size.
 
-The solver picks per-filter-count (g, p) (and p_1x1 for ResNet-50) whose kept
-fraction is within `TOLERANCE` of a target, with density non-increasing along
-the filter counts; see `solve_ticket`.
+Every count comes from the layer's `ssc_jax.ssc.SSCStructure`. A config's
+``model.ticket`` is solved here (`resolve_ticket`, through `ssc_jax.tickets`)
+before the model is built: the models take explicit settings only.
 """
 
 import dataclasses
-import functools
-import itertools
 import json
 import math
+import pathlib
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
@@ -28,18 +29,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
-from ssc_jax import ssc
+from ssc_jax import config_lib
 from ssc_jax import models
+from ssc_jax import ssc
+from ssc_jax import tickets
 from ssc_jax.data import specs
-from ssc_jax.models import conv as conv_lib
+from ssc_jax.ssc.structure import taps_label
 
-TOLERANCE = 0.0025  # the solver's largest allowed |kept fraction - target|
-_AIM = 0.001  # settings this close count as exact; then the profile decides
-_STEP_RATIO = 2.0  # reference density ratio of one filter count to the next
-_DENSE_SHARE = 0.01  # leading entries with at most this share of weights stay dense
-_NEAREST = 3  # candidates per non-tuned group that the solver combines
+TOLERANCE = tickets.TOLERANCE
 
 
 def dataset_facts(dataset: str) -> Tuple[int, Tuple[int, int, int]]:
@@ -57,6 +55,7 @@ class LayerBudget:
   kernel_size: int  # K (1 for Dense)
   g: Optional[int]
   p: Optional[int]
+  taps: str  # the KxK pattern (`taps_label`; 'full' for K = 1 and Dense)
   setting: Optional[str]  # 'g_p', 'p_1x1', or None for a layer that stays dense
   weights: int
   dense_weights: int
@@ -114,13 +113,13 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Budget:
       positions = math.prod(out.shape[-3:-1])
       records.append(LayerBudget(
           name, in_features, module.features, structure.kernel_size[0],
-          structure.g, structure.p, getattr(module, 'setting', None),
+          structure.g, structure.p, taps_label(structure.taps), getattr(module, 'setting', None),
           structure.num_weights, structure.num_dense_weights,
           structure.num_weights * positions, structure.num_dense_weights * positions))
     elif isinstance(module, nn.Dense):
       weights = in_features * module.features
       records.append(LayerBudget(name, in_features, module.features, 1, None, None,
-                                 None, weights, weights, weights, weights))
+                                 'full', None, weights, weights, weights, weights))
     return out
 
   def init():
@@ -136,106 +135,28 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Budget:
 def budget(config) -> Budget:
   """The budget of the model of a full config at its dataset's input size."""
   num_classes, input_shape = dataset_facts(config.dataset)
-  model = models.create_model(config.model, num_classes, input_shape[-1])
+  model_config = resolve_ticket(config.model, num_classes, input_shape[-1])
+  model = models.create_model(model_config, num_classes)
   return trace(model, input_shape)
 
 
-# --- the ticket solver -------------------------------------------------------
+# --- tickets ---------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def kept_weights(m: int, n: int, k2: int, g: Optional[int], p: Optional[int]) -> int:
-  """Kept weights of an SSC layer (M, N, K*K, g, p), in O(g * p) time.
+def settings_groups(model_config, num_classes: int, input_channels: int = 3):
+  """(filter counts, settings groups, always-dense weights) of a network.
 
-  Equals `ssc_structure(M, N, K, g, p).num_weights` without building (M, N)
-  masks: same-group pairs times K*K, plus the pairs with ``c = n (mod p)``
-  that are not in the same group.
+  Traces the network with every setting unset (all layers dense) under its
+  spatial pattern, and groups its SSC layers by the settings entry that
+  controls them (`tickets.SettingsGroup`).
   """
-  same = within = 0
-  in_starts = out_starts = None
-  if g is not None:
-    in_starts = -(-np.arange(g + 1) * m // g)
-    out_starts = -(-np.arange(g + 1) * n // g)
-    same = int(np.dot(np.diff(in_starts), np.diff(out_starts)))
-  mix = 0
-  if p is not None:
-    residues = np.arange(p)
-
-    def below(ends):  # channels < end with each residue: (len(ends), p)
-      return (np.asarray(ends)[:, None] - residues + p - 1) // p
-
-    mix = int(np.dot(below([m])[0], below([n])[0]))
-    if g is not None:
-      in_counts = below(in_starts[1:]) - below(in_starts[:-1])
-      out_counts = below(out_starts[1:]) - below(out_starts[:-1])
-      within = int((in_counts * out_counts).sum())
-  return k2 * same + mix - within
-
-
-@dataclasses.dataclass(frozen=True)
-class Ticket:
-  """Solved settings (config fields 'g', 'p', 'p_1x1') and the kept fraction they give."""
-  settings: Dict[str, Tuple[Optional[int], ...]]
-  kept_fraction: float
-  target: float
-
-
-@dataclasses.dataclass
-class _Group:
-  """The layers that one settings entry controls."""
-  field: str  # conv_lib.G_P or conv_lib.P_1X1
-  index: int  # position in its filter counts
-  shapes: List[Tuple[int, int, int]]  # (M, N, K*K) of each layer
-  dense: int  # weights of the dense layers
-
-
-_POWERS = tuple(2 ** i for i in range(12))
-_FINE = tuple(range(1, 33)) + (40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
-                               256, 320, 384, 448, 512, 1024, 2048)
-Setting = Tuple[Optional[int], Optional[int]]
-
-
-def _complexity(setting: Setting) -> int:
-  """Entries of a (g, p) that are not None or a power of two."""
-  return sum(v is not None and v & (v - 1) != 0 for v in setting)
-
-
-def _candidates(group: _Group, grid: Sequence[int]) -> List[Tuple[int, Setting]]:
-  """(kept weights, (g, p)) of the valid settings on `grid`, ascending in kept.
-
-  Of settings with equal counts the simplest is kept. A 3x3 group drops its
-  KxK part (g = None) only below the sparsest density that any g reaches.
-  """
-  max_g = min(min(m, n) for m, n, _ in group.shapes)
-  max_p = min(m for m, _, _ in group.shapes)
-  ps = [p for p in grid if p <= max_p]
-  if group.field == conv_lib.P_1X1:
-    settings = [(None, p) for p in ps]
-  else:
-    settings = [(1, 1)] + [(g, p) for g in grid if 1 < g <= max_g for p in [None] + ps]
-  kept = {s: sum(kept_weights(m, n, k2, *s) for m, n, k2 in group.shapes) for s in settings}
-  if group.field == conv_lib.G_P:
-    floor = min(kept.values())
-    for p in ps:
-      count = sum(kept_weights(m, n, k2, None, p) for m, n, k2 in group.shapes)
-      if count < floor:
-        kept[(None, p)] = count
-  simplest = {}
-  for setting, count in sorted(kept.items(), key=lambda item: (
-      _complexity(item[0]), [v or 0 for v in item[0]])):
-    simplest.setdefault(count, setting)
-  return sorted(simplest.items())
-
-
-def _groups(model_config, num_classes: int, input_channels: int):
-  """Filter counts, the settings groups of the network, and its always-dense weights."""
   dense_config = ml_collections.ConfigDict(model_config.to_dict())
   for field in ('ticket', 'g', 'p', 'p_1x1'):
     dense_config[field] = None
   counts = models.filter_counts(dense_config)
-  model = models.create_model(dense_config, num_classes, input_channels)
+  model = models.create_model(dense_config, num_classes)
   size = 8 if model_config.name == 'digits_ssc' else 32  # weights do not depend on it
-  groups: Dict[Tuple[str, int], _Group] = {}
+  groups: Dict[Tuple[str, int], tickets.SettingsGroup] = {}
   fixed = 0
   for layer in trace(model, (size, size, input_channels)).layers:
     if layer.setting is None:
@@ -243,131 +164,42 @@ def _groups(model_config, num_classes: int, input_channels: int):
       continue
     key = (layer.setting, layer.features)
     if key not in groups:
-      groups[key] = _Group(layer.setting, counts[layer.setting].index(layer.features), [], 0)
-    groups[key].shapes.append((layer.in_features, layer.features, layer.kernel_size ** 2))
+      index = counts[layer.setting].index(layer.features)
+      groups[key] = tickets.SettingsGroup(layer.setting, index, [], 0)
+    groups[key].shapes.append((layer.in_features, layer.features, layer.kernel_size,
+                               layer.taps))
     groups[key].dense += layer.dense_weights
   return counts, sorted(groups.values(), key=lambda g: (g.field, g.index)), fixed
 
 
-def _chains(groups: List[_Group]) -> List[List[_Group]]:
-  """The groups of each settings field, in filter-count order."""
-  return [[g for g in groups if g.field == field]
-          for field in sorted({g.field for g in groups})]
-
-
 def solve_ticket(model_config, num_classes: int, target: float,
-                 input_channels: int = 3) -> Ticket:
-  """Per-filter-count settings that keep `target` of the network's weights.
+                 input_channels: int = 3) -> tickets.Ticket:
+  """Per-filter-count settings of `model_config`'s network that keep `target` (`tickets.solve`)."""
+  counts, groups, fixed = settings_groups(model_config, num_classes, input_channels)
+  return tickets.solve(counts, groups, fixed, target, model_config.name)
 
-  Along each settings field the layers' density never increases with the
-  filter count. Counts are exact (`kept_weights`). The reference profile
-  keeps the leading entries of a field dense while each holds at most
-  `_DENSE_SHARE` of the weights, and otherwise halves the density per entry
-  (`_STEP_RATIO`) towards the last one, scaled to meet the target. Every entry
-  but the largest takes one of its `_NEAREST` candidates (g, p powers of two)
-  closest to the reference (and its closest with a KxK part); the largest
-  entry (fine grid) then takes the simplest setting within `_AIM` of the
-  remaining weights. Combinations within `_AIM` are ranked by the number of
-  3x3 entries without a KxK part (g = None: needed only below the density that
-  the largest valid g reaches), then by distance to the reference profile.
-  Deterministic, about a second.
 
-  Raises ValueError if no setting lands within `TOLERANCE` of the target.
+def resolve_ticket(model_config, num_classes: int,
+                   input_channels: int = 3) -> ml_collections.ConfigDict:
+  """`model_config` with ``ticket`` solved into g, p (and p_1x1), or itself if unset.
+
+  Call it before `models.create_model`, which takes explicit settings only.
   """
-  if not 0.0 < target <= 1.0:
-    raise ValueError(f'ticket target={target} must be in (0, 1]')
-  counts, groups, fixed = _groups(model_config, num_classes, input_channels)
-  total = fixed + sum(group.dense for group in groups)
-  chains = _chains(groups)
-  dense = {id(g) for chain in chains
-           for g in itertools.takewhile(lambda g: g.dense <= _DENSE_SHARE * total, chain)}
-
-  def reference(group, scale):
-    if id(group) in dense:
-      return 1.0
-    last = len(counts[group.field]) - 1
-    return min(1.0, scale * _STEP_RATIO ** (last - group.index))
-
-  low, high = 0.0, 1.0
-  for _ in range(60):
-    mid = (low + high) / 2
-    kept = fixed + sum(g.dense * reference(g, mid) for g in groups)
-    low, high = (mid, high) if kept < target * total else (low, mid)
-  log_reference = {id(g): math.log(reference(g, high)) for g in groups}
-
-  tuned = max(groups, key=lambda g: g.dense)
-  tuned_candidates = _candidates(tuned, _FINE)
-  tuned_kept = np.array([kept for kept, _ in tuned_candidates])
-  tuned_complexity = np.array([_complexity(s) for _, s in tuned_candidates])
-  options = []
-  for group in groups:
-    if group is tuned:
-      continue
-    candidates = _candidates(group, _POWERS)
-    if id(group) in dense:
-      options.append([(group,) + candidates[-1]])
-      continue
-    ref = log_reference[id(group)]
-    candidates.sort(key=lambda c: (abs(math.log(c[0] / group.dense) - ref), -c[0]))
-    nearest = candidates[:_NEAREST]
-    nearest += [c for c in candidates if c[1][0] is not None][:1]  # one with a KxK part
-    options.append([(group,) + c for c in dict.fromkeys(nearest)])
-
-  best = None
-  for combo in itertools.product(*options):
-    density = {id(group): kept / group.dense for group, kept, _ in combo}
-    if not _monotone(chains, density, skip=tuned):
-      continue
-    chain = next(c for c in chains if tuned in c)
-    before = [density[id(g)] for g in chain if g.index < tuned.index]
-    after = [density[id(g)] for g in chain if g.index > tuned.index]
-    lo = np.searchsorted(tuned_kept, max(after, default=0.0) * tuned.dense - 1e-6)
-    hi = np.searchsorted(tuned_kept, min(before, default=1.0) * tuned.dense + 1e-6, 'right')
-    if lo >= hi:
-      continue
-    remaining = target * total - fixed - sum(kept for _, kept, _ in combo)
-    errors = np.abs(tuned_kept[lo:hi] - remaining) / total
-    close = errors <= _AIM
-    pick = lo + (np.lexsort((errors, np.where(close, tuned_complexity[lo:hi], 0), ~close))[0])
-    error = float(errors[pick - lo])
-    density[id(tuned)] = tuned_kept[pick] / tuned.dense
-    distance = sum((math.log(density[id(g)]) - log_reference[id(g)]) ** 2 for g in groups)
-    without_kxk = sum(g.field == conv_lib.G_P and s[0] is None for g, _, s in combo) + (
-        tuned.field == conv_lib.G_P and tuned_candidates[pick][1][0] is None)
-    score = (error > _AIM, error if error > _AIM else without_kxk, distance,
-             int(tuned_complexity[pick]), error)
-    if best is None or score < best[0]:
-      chosen = {id(group): (kept, setting) for group, kept, setting in combo}
-      chosen[id(tuned)] = tuned_candidates[pick]
-      best = (score, chosen)
-  kept_all = fixed + sum(kept for kept, _ in best[1].values()) if best else None
-  if best is None or abs(kept_all / total - target) > TOLERANCE:
-    closest = '' if best is None else f' (closest: {kept_all / total:.4f})'
-    raise ValueError(f'config.model.ticket={target}: no per-filter-count (g, p) of '
-                     f'{model_config.name} keeps that fraction of its weights within '
-                     f'{TOLERANCE}{closest}')
-  settings = {'g': [1] * len(counts[conv_lib.G_P]), 'p': [None] * len(counts[conv_lib.G_P])}
-  if conv_lib.P_1X1 in counts:
-    settings['p_1x1'] = [1] * len(counts[conv_lib.P_1X1])
-  for group in groups:
-    g, p = best[1][id(group)][1]
-    if group.field == conv_lib.P_1X1:
-      settings['p_1x1'][group.index] = p
-    else:
-      settings['g'][group.index], settings['p'][group.index] = g, p
-  return Ticket({k: tuple(v) for k, v in settings.items()}, kept_all / total, target)
-
-
-def _monotone(chains, density, skip) -> bool:
-  """Density non-increasing along each chain (ignoring `skip`)."""
-  for chain in chains:
-    values = [density[id(g)] for g in chain if g is not skip]
-    if any(a < b for a, b in zip(values, values[1:])):
-      return False
-  return True
+  if model_config.ticket is None:
+    return model_config
+  ticket = solve_ticket(model_config, num_classes, model_config.ticket, input_channels)
+  resolved = ml_collections.ConfigDict(model_config.to_dict())
+  resolved.ticket = None
+  for field, value in ticket.settings.items():
+    resolved[field] = value
+  return resolved
 
 
 # --- command line ------------------------------------------------------------
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+_STATED = re.compile(r'against the stated (\d+)% ticket')
+
 
 def define_flags() -> None:
   """The command-line flags; defined only when this module runs as a program."""
@@ -375,6 +207,29 @@ def define_flags() -> None:
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.DEFINE_float('target', None, 'Solve (g, p) that keep this fraction '
                      'of the weights and report the solved network.')
+  flags.DEFINE_bool('taps_table', False, "Print every seed row's stated ticket against "
+                    "its kept fraction under the 'full' and 'cross' patterns (markdown).")
+
+
+def taps_table(config_dir: pathlib.Path = CONFIG_DIR) -> str:
+  """Markdown: each config with a stated ticket, its kept % and MAC % under 'full' and 'cross'."""
+  lines = ['| config | stated % | kept %, full | kept %, cross | MACs %, full | MACs %, cross |',
+           '|---|---:|---:|---:|---:|---:|']
+  for path in sorted(config_dir.glob('*.py')):
+    module = config_lib.load_config_module(path)
+    stated = _STATED.search(module.__doc__ or '')
+    if not stated:
+      continue
+    config = module.get_config()
+    kept, macs = {}, {}
+    for taps in ('full', 'cross'):
+      config.model.taps = taps
+      result = budget(config)
+      kept[taps] = 100 * result.kept_fraction
+      macs[taps] = 100 * result.macs / result.dense_macs
+    lines.append(f'| {path.stem} | {stated.group(1)} | {kept["full"]:.2f} | {kept["cross"]:.2f} '
+                 f'| {macs["full"]:.2f} | {macs["cross"]:.2f} |')
+  return '\n'.join(lines)
 
 
 def _fmt(value) -> str:
@@ -383,9 +238,9 @@ def _fmt(value) -> str:
 
 def format_table(result: Budget) -> str:
   """The per-layer table and the totals, as text."""
-  header = ('layer', 'M', 'N', 'K', 'g', 'p', 'kept', 'dense', 'MACs', 'dense MACs')
+  header = ('layer', 'M', 'N', 'K', 'taps', 'g', 'p', 'kept', 'dense', 'MACs', 'dense MACs')
   rows = [header] + [
-      (l.name, l.in_features, l.features, l.kernel_size, _fmt(l.g), _fmt(l.p),
+      (l.name, l.in_features, l.features, l.kernel_size, l.taps, _fmt(l.g), _fmt(l.p),
        f'{l.weights:,}', f'{l.dense_weights:,}', f'{l.macs:,}', f'{l.dense_macs:,}')
       for l in result.layers]
   widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
@@ -401,9 +256,12 @@ def format_table(result: Budget) -> str:
 
 def main(argv):
   del argv
+  if flags.FLAGS.taps_table:
+    print(taps_table())
+    return
   config = flags.FLAGS.config
   if config is None:
-    raise app.UsageError('--config=configs/<file>.py is required')
+    raise app.UsageError('--config=configs/<file>.py (or --taps_table) is required')
   try:
     _report(config)
   except ValueError as error:  # a setting the network cannot take: say which
@@ -423,9 +281,9 @@ def _report(config) -> None:
     output = dict(target=flags.FLAGS.target, settings=ticket.settings)
   result = budget(config)
   if flags.FLAGS.json:
+    model_config = resolve_ticket(config.model, num_classes, input_shape[-1])
     print(json.dumps(dict(dataset=config.dataset, model=config.model.name,
-                          settings=models.resolve_settings(config.model, num_classes,
-                                                           input_shape[-1]),
+                          taps=config.model.taps, settings=models.resolve_settings(model_config),
                           **output, **result.to_dict())))
     return
   print(format_table(result))

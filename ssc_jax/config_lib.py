@@ -63,6 +63,11 @@ def base() -> ml_collections.ConfigDict:
   # (ssc_jax.budget) and use those instead of g/p/p_1x1.
   config.model.ticket = ml_collections.FieldReference(None, field_type=float)
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16; parameters stay float32
+  # KxK pattern of the SSC layers that take (g, p): full | cross | x | alternate, or a
+  # grid of 0/1 rows joined by '/' ('010/111/010'); see ssc_jax/ssc/structure.py.
+  config.model.taps = 'full'
+  config.model.init = 'he'  # he | grasp (the paper's, after GraSP); see ssc_jax/models/conv.py
+  config.model.zero_init_residual = True  # ResNet-50: each block's last BatchNorm scale starts at 0
 
   # Optimisation (SGD as in the paper).
   config.optimizer = 'sgd'
@@ -94,6 +99,7 @@ def cifar(dataset: str, network: str) -> ml_collections.ConfigDict:
   config.dataset = dataset
   config.model.name = network
   config.model.width = 2 if network == 'resnet32' else 1
+  config.model.init = 'grasp'
   config.update(CIFAR_RECIPE)
   return config
 
@@ -104,6 +110,7 @@ def tiny_imagenet(network: str) -> ml_collections.ConfigDict:
   config.dataset = 'tiny_imagenet'
   config.model.name = network
   config.model.width = 2 if network == 'resnet32' else 1
+  config.model.init = 'grasp'
   config.update(TINY_IMAGENET_RECIPE)
   return config
 
@@ -114,6 +121,8 @@ def imagenet() -> ml_collections.ConfigDict:
   config.dataset = 'imagenet2012'
   config.model.name = 'resnet50'
   config.model.dtype = 'bfloat16'
+  config.model.init = 'grasp'
+  config.model.zero_init_residual = False
   config.batch_size = 256
   config.eval_batch_size = 500
   config.shuffle_buffer_size = 16 * 1024

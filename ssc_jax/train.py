@@ -208,7 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   mesh = sharding.create_mesh()
   data_input = data.create_input(config, mesh)
   spec = data_input.spec
-  model = models.create_model(config.model, spec.num_classes, spec.image_shape[-1])
+  model_config = budget.resolve_ticket(config.model, spec.num_classes, spec.image_shape[-1])
+  model = models.create_model(model_config, spec.num_classes)
   steps_per_epoch = data_input.steps_per_epoch
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(config.num_epochs * steps_per_epoch))

@@ -22,7 +22,7 @@ def load(name):
 
 def _model(config):
   num_classes, shape = budget.dataset_facts(config.dataset)
-  return models.create_model(config.model, num_classes, shape[-1]), num_classes, shape
+  return models.create_model(config.model, num_classes), num_classes, shape
 
 
 def test_every_row_has_a_config():
@@ -59,11 +59,27 @@ def test_docstring_matches_budget(name):
   assert f'--config=configs/{name}.py --workdir=/tmp/{name}' in module.__doc__
   result = budget.budget(module.get_config())
   assert round(100 * result.kept_fraction, 2) == documented
+  if not name.endswith('_dense'):
+    macs = float(re.search(r'and ([\d.]+)% of the MACs', module.__doc__).group(1))
+    assert round(100 * result.macs / result.dense_macs, 2) == macs
 
 
 def test_spec_kept_fractions():
-  assert round(budget.budget(load('cifar10_vgg19_10').get_config()).kept_fraction, 4) == 0.1393
-  assert round(budget.budget(load('imagenet_r50_40').get_config()).kept_fraction, 4) == 0.4398
+  """The paper rows on their 'cross' kernels, and as 9-tap networks."""
+  for name, cross, full in (('cifar10_vgg19_10', 0.1001, 0.1393), ('imagenet_r50_40', 0.3968, 0.4398)):
+    config = load(name).get_config()
+    assert round(budget.budget(config).kept_fraction, 4) == cross
+    config.model.taps = 'full'
+    assert round(budget.budget(config).kept_fraction, 4) == full
+
+
+@pytest.mark.parametrize('name', PAPER_ROWS)
+def test_paper_rows_use_the_cross_pattern(name):
+  """Every SSC paper row keeps 5 of 9 taps; the dense baselines keep all 9."""
+  config = load(name).get_config()
+  assert config.model.taps == ('full' if name.endswith('_dense') else 'cross')
+  assert config.model.init == 'grasp'
+  assert 'Recipe: ' in load(name).__doc__
 
 
 def _forward_params():

@@ -13,19 +13,36 @@ import optax
 import pytest
 from jax import lax
 
+import ssc_jax
 from ssc_jax import SSCConv, conv_output_size, dense_kernel, ssc_mask, ssc_structure
+from ssc_jax.ssc import layout as layout_lib
 
 HIGHEST = lax.Precision.HIGHEST
 
 
-def spec_mask(m, n, k, g, p):
-  """The spec's pattern, written out pair by pair (independent of layers.py)."""
+def spec_taps(k, taps, o):
+  """Kernel positions of output o under a pattern, from SSC_SPEC.md's definitions."""
+  if taps == 'alternate':
+    return spec_taps(k, 'cross' if o % 2 == 0 else 'x', o)
+  if not isinstance(taps, str) or '/' in taps:
+    rows = taps.split('/') if isinstance(taps, str) else taps
+    return np.array([[int(v) for v in row] for row in rows], bool)
+  grid = np.zeros((k, k), bool)
+  for i in range(k):
+    for j in range(k):
+      di, dj = i - k // 2, j - k // 2
+      grid[i, j] = {'full': True, 'cross': di == 0 or dj == 0, 'x': (di + dj) % 2 == 0}[taps]
+  return grid
+
+
+def spec_mask(m, n, k, g, p, taps='full'):
+  """The spec's pattern, written out pair by pair (independent of ssc_jax.ssc)."""
   mask = np.zeros((k, k, m, n), bool)
   for c in range(m):
     for o in range(n):
       same = g is not None and (c * g) // m == (o * g) // n
       if same:
-        mask[:, :, c, o] = True
+        mask[:, :, c, o] = spec_taps(k, taps, o)
       elif p is not None and (c - o) % p == 0:
         mask[k // 2, k // 2, c, o] = True
   return mask
@@ -369,6 +386,145 @@ def test_inside_a_linen_model_and_nnx_bridge():
   grads = nnx.grad(lambda model: jnp.sum(model(x) ** 2))(bridged)
   assert set(nnx.to_pure_dict(grads)) == {'kernel', 'mix', 'bias'}
   del graphdef, state
+
+
+# --- spatial patterns (taps) -------------------------------------------------
+
+# (M, N, K, g, p, taps): every pattern; non-divisible g and p; K = 5; odd N for 'alternate'.
+PATTERNS = [
+    (16, 16, 3, 4, 2, 'cross'), (12, 20, 3, 5, 3, 'cross'), (16, 24, 3, 4, None, 'x'),
+    (10, 14, 3, 3, 4, 'x'), (9, 13, 3, 3, 2, 'alternate'), (16, 16, 3, 4, 2, 'alternate'),
+    (8, 12, 5, 2, 3, 'cross'), (8, 11, 5, 3, None, 'alternate'), (12, 12, 5, 4, 5, 'x'),
+    (6, 10, 3, 1, None, 'cross'), (12, 9, 3, 3, 2, '011/111/000'),
+    (10, 10, 3, 2, 3, ((1, 0, 0), (0, 1, 0), (0, 0, 1))),
+]
+
+
+def _pattern_id(case):
+  return '-'.join(str(v).replace(' ', '') for v in case)
+
+
+@pytest.mark.parametrize('case', PATTERNS, ids=_pattern_id)
+@pytest.mark.parametrize('strides', [1, 2])
+@pytest.mark.parametrize('implementation', ['grouped', 'taps', 'dense'])
+def test_patterns_match_dense_reference(case, strides, implementation):
+  """Outputs, input gradients and weight gradients equal the dense convolution's, in float32."""
+  m, n, k, g, p, taps = case
+  module = SSCConv(n, k, strides, 'SAME', g=g, p=p, taps=taps, precision=HIGHEST,
+                   implementation=implementation)
+  x = jax.random.normal(jax.random.key(m + 31 * n + k), (2, 9, 8, m))
+  variables = perturbed_variables(module, x, seed=k)
+  structure = module.structure(m)
+  mask = spec_mask(m, n, k, g, p, taps)
+  np.testing.assert_array_equal(structure.mask, mask)
+  kernel = dense_kernel(structure, variables)
+  np.testing.assert_array_equal(np.asarray(kernel) != 0, mask)
+  target = jax.random.normal(jax.random.key(7), module.apply(variables, x).shape)
+  pads = lax.padtype_to_pads((9, 8), (k, k), (strides, strides), 'SAME')
+  bias = variables['params']['bias']
+
+  def reference_loss(dense, x):
+    y = reference_conv(x, dense, (strides, strides), pads) + bias
+    return jnp.sum((y - target) ** 2), y
+
+  def loss(params, x):
+    y = module.apply({'params': params}, x)
+    return jnp.sum((y - target) ** 2), y
+
+  (_, y), (grads, x_grad) = jax.value_and_grad(loss, (0, 1), has_aux=True)(variables['params'], x)
+  (_, y_ref), (dense_grad, x_grad_ref) = jax.value_and_grad(
+      reference_loss, (0, 1), has_aux=True)(kernel, x)
+  assert relative_error(y, y_ref) < 1e-5
+  assert relative_error(x_grad, x_grad_ref) < 1e-5
+  compact_as_dense = np.asarray(dense_kernel(structure, grads))
+  assert relative_error(compact_as_dense[mask], np.asarray(dense_grad)[mask]) < 1e-5
+  assert not compact_as_dense[~mask].any()
+
+
+def test_pattern_parameters_are_compact():
+  """A 3x3 'cross' layer stores 5/9 of the KxK weights of a 'full' one; counts are the mask's."""
+  x = jnp.zeros((1, 4, 4, 64))
+  full = jax.eval_shape(SSCConv(128, 3, g=4, p=2).init, jax.random.key(0), x)['params']
+  cross = jax.eval_shape(SSCConv(128, 3, g=4, p=2, taps='cross').init, jax.random.key(0), x)['params']
+  assert full['kernel'].shape == (3, 3, 16, 128) and cross['kernel'].shape == (5, 16, 128)
+  assert cross['mix'].shape == full['mix'].shape
+  odd = jax.eval_shape(SSCConv(11, 5, g=3, taps='alternate').init, jax.random.key(0),
+                       jnp.zeros((1, 6, 6, 8)))['params']
+  assert odd['kernel'].shape == (spec_mask(8, 11, 5, 3, None, 'alternate').sum(),)
+  for m, n, k, g, p, taps in PATTERNS:
+    structure = ssc_structure(m, n, k, g, p, taps)
+    assert structure.num_weights == spec_mask(m, n, k, g, p, taps).sum()
+    assert structure.num_kernel_weights == sum(
+        spec_taps(k, taps, o).sum() * sum((c * g) // m == (o * g) // n for c in range(m))
+        for o in range(n))
+
+
+def test_pattern_normalisation_and_k1():
+  """Patterns that keep every position are 'full'; K = 1 layers ignore the pattern."""
+  assert ssc_structure(8, 8, 1, None, 2, 'cross').taps == 'full'
+  assert ssc_structure(8, 8, 3, 2, 2, '111/111/111').taps == 'full'
+  assert ssc_structure(8, 8, 3, 2, 2, [[0, 1, 0], [1, 1, 1], [0, 1, 0]]).taps == (
+      (0, 1, 0), (1, 1, 1), (0, 1, 0))
+  np.testing.assert_array_equal(ssc_mask(8, 8, 3, 2, 2, '010/111/010'),
+                                ssc_mask(8, 8, 3, 2, 2, 'cross'))
+
+
+@pytest.mark.parametrize('taps,match', [
+    ('plus', r"taps='plus' must be one of \('full', 'cross', 'x', 'alternate'\)"),
+    ('010/101/010', 'contains the centre'), ('01/11', 'a 3x3 grid'),
+    ([[0, 2, 0], [1, 1, 1], [0, 1, 0]], 'grid of 0/1')])
+def test_bad_patterns_name_the_field(taps, match):
+  with pytest.raises(ValueError, match=match) as error:
+    SSCConv(8, 3, g=2, taps=taps, name='c3').init(jax.random.key(0), jnp.ones((1, 4, 4, 8)))
+  assert "SSCConv 'c3': taps=" in str(error.value)
+
+
+def _dot_general_contractions(fn, *args):
+  """The contracted sizes of every dot_general in fn's jaxpr."""
+  sizes = []
+  for eqn in jax.make_jaxpr(fn)(*args).eqns:
+    for sub in [eqn] + [e for j in jax.core.jaxprs_in_params(eqn.params) for e in j.eqns]:
+      if sub.primitive.name == 'dot_general':
+        (lhs, _), _ = sub.params['dimension_numbers']
+        shape = sub.invars[0].aval.shape
+        sizes.append(int(np.prod([shape[d] for d in lhs])))
+  return sizes
+
+
+@pytest.mark.parametrize('taps,windows', [('full', [9]), ('cross', [5]), ('alternate', [5, 5])])
+def test_taps_lowering_runs_only_kept_positions(taps, windows):
+  """'taps' contracts over the kept positions only: 5 windows for 'cross', not 9."""
+  module = SSCConv(32, 3, g=4, p=None, taps=taps, implementation='taps')
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+  variables = module.init(jax.random.key(1), x)
+  assert _dot_general_contractions(module.apply, variables, x) == [w * 8 for w in windows]
+
+
+def test_structure_arrays_are_read_only():
+  """Cached structure arrays cannot be edited by a caller (they are shared by every layer)."""
+  structure = ssc_structure(16, 16, 3, 4, 2, 'cross')
+  for name in ('mask', 'same_group', 'mix_pairs', 'tap_mask', 'fan_in', 'fan_out'):
+    with pytest.raises(ValueError, match='read-only'):
+      getattr(structure, name)[0] = 0
+  lay = layout_lib.layout(structure)
+  with pytest.raises(ValueError, match='read-only'):
+    lay.kernel.conv_kernel_index[0] = 0
+  copy = ssc_mask(16, 16, 3, 4, 2, 'cross')
+  copy[:] = False  # ssc_mask hands out a copy
+  assert ssc_structure(16, 16, 3, 4, 2, 'cross').mask.any()
+
+
+def test_fan_out_initialisation():
+  """kaiming_normal_fan_out: Var[w] = 2 / fan_out, fan_out = the real outputs of w's input."""
+  m, n, k, g, p, taps = 121, 179, 3, 6, 5, 'cross'
+  module = SSCConv(n, k, g=g, p=p, taps=taps, use_bias=False,
+                   kernel_init=ssc_jax.kaiming_normal_fan_out())
+  variables = module.init(jax.random.key(0), jnp.zeros((1, 4, 4, m)))
+  kernel = np.asarray(dense_kernel(module.structure(m), variables))
+  fan_out = spec_mask(m, n, k, g, p, taps).sum(axis=(0, 1, 3))
+  assert len(set(fan_out)) > 1
+  sum_sq = (kernel ** 2).sum(axis=(0, 1, 3))  # per input: fan_out * 2 / fan_out = 2
+  assert abs(sum_sq.mean() - 2.0) < 0.1
 
 
 def test_initialisation_uses_the_real_fan_in():

@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ssc_jax
 from ssc_jax import budget
 from ssc_jax import config_lib
 from ssc_jax import models
+from ssc_jax.models import resnet_imagenet
 
 
 def _model_config(network, **model):
@@ -94,15 +96,67 @@ def test_filter_counts_and_default_settings():
       'g': (1, 1, 1, 1), 'p': (None,) * 4, 'p_1x1': (1,) * 6}
 
 
-def test_ticket_uses_solved_settings():
-  config = _model_config('resnet32', width=2, ticket=0.1)
-  settings = models.resolve_settings(config, num_classes=10)
+def test_ticket_is_solved_before_the_model_is_built():
+  config = _model_config('resnet32', width=2, ticket=0.1, taps='cross')
+  resolved = budget.resolve_ticket(config, 10)
   solved = budget.solve_ticket(config, 10, 0.1).settings
-  assert settings == solved
-  result = budget.trace(models.create_model(config, 10), (32, 32, 3))
+  assert resolved.ticket is None and models.resolve_settings(resolved) == solved
+  result = budget.trace(models.create_model(resolved, 10), (32, 32, 3))
   assert abs(result.kept_fraction - 0.1) <= budget.TOLERANCE
-  with pytest.raises(ValueError, match='num_classes'):
-    models.resolve_settings(config)
+  with pytest.raises(ValueError, match=r'config\.model\.ticket=0\.1 is set.*resolve_ticket'):
+    models.create_model(config, 10)
+
+
+@pytest.mark.parametrize('network,shape', [('vgg19', (32, 32, 3)), ('resnet32', (32, 32, 3)),
+                                           ('resnet50', (64, 64, 3))])
+def test_pattern_applies_to_the_kxk_ssc_layers_only(network, shape):
+  """model.taps patterns every 3x3 layer that takes (g, p), g = 1 included, and nothing else."""
+  config = _model_config(network, taps='cross', width=2)
+  result = budget.trace(models.create_model(config, 10), shape)
+  for layer in result.layers:
+    patterned = layer.setting == 'g_p'
+    assert layer.taps == ('cross' if patterned else 'full'), layer.name
+    if patterned:
+      assert layer.g == 1 and layer.weights == 5 * layer.in_features * layer.features
+  assert any(l.setting == 'g_p' for l in result.layers)
+
+
+def test_grasp_initialisation():
+  """model.init='grasp': conv weights with Var = 2 / real fan-out, Dense N(0, 0.01^2), zero bias."""
+  config = _model_config('vgg19', g=(1, 2, 4, 8), p=(1, 2, 2, 2), taps='cross', init='grasp')
+  variables = models.create_model(config, 10).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  dense = variables['params']['dense']
+  assert not np.asarray(dense['bias']).any()
+  assert abs(float(np.std(dense['kernel'])) - 0.01) < 0.001
+  conv0 = np.asarray(variables['params']['conv0']['kernel'])  # dense 3x3, 3 -> 64
+  assert abs(conv0.var() - 2 / (9 * 64)) < 0.15 * 2 / (9 * 64)
+  structure = ssc_jax.ssc_structure(256, 512, 3, 8, 2, 'cross')
+  kernel = np.asarray(ssc_jax.dense_kernel(structure, variables['params']['conv8']))
+  per_input = (kernel ** 2).sum(axis=(0, 1, 3))  # E = fan_out * 2 / fan_out = 2
+  assert abs(per_input.mean() - 2.0) < 0.1
+  he = models.create_model(_model_config('vgg19', init='he'), 10).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  assert abs(float(np.std(he['params']['dense']['kernel'])) - (1 / 512) ** 0.5) < 0.005
+
+
+def test_zero_init_residual_is_an_option():
+  """model.zero_init_residual reaches ResNet-50's blocks: each block's last BatchNorm scale."""
+  for zero in (True, False):
+    model = models.create_model(_model_config('resnet50', zero_init_residual=zero), 10)
+    assert model.zero_init_residual == zero
+    block = resnet_imagenet.Bottleneck(16, 1, 1, None, 1, 1, 'cross', 'grasp', zero, jnp.float32)
+    params = block.init(jax.random.key(0), jnp.ones((1, 4, 4, 64)), train=False)['params']
+    scale = np.asarray(params['bn3']['scale'])
+    assert (not scale.any()) if zero else (scale == 1).all()
+  assert not config_lib.imagenet().model.zero_init_residual  # off for the paper rows
+
+
+def test_bad_pattern_and_init_name_the_key():
+  with pytest.raises(ValueError, match=r'config\.model\.taps'):
+    models.create_model(_model_config('vgg19', taps='plus'), 10)
+  with pytest.raises(ValueError, match=r"config\.model\.init='xavier' must be one of"):
+    models.create_model(_model_config('vgg19', init='xavier'), 10)
 
 
 @pytest.mark.parametrize('network,dtype,shape', [

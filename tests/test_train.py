@@ -124,9 +124,9 @@ def test_default_config_reaches_its_stated_accuracy(tmp_path):
 
 
 def test_kill_and_resume_is_bit_equal(tmp_path):
-  """A run killed (SIGKILL) mid-way and resumed ends with the same parameters."""
+  """A run killed (SIGKILL) mid-way and resumed ends with the same parameters ('cross' taps)."""
   flags = ['--config.num_train_steps=50', '--config.checkpoint_every_steps=10',
-           '--config.log_every_steps=10']
+           '--config.log_every_steps=10', '--config.model.taps=cross']
   straight = run_main(tmp_path / 'straight', *flags)
   assert straight.returncode == 0, straight.stdout + straight.stderr
 
@@ -194,7 +194,7 @@ config = config_lib.load_config_module('configs/default.py').get_config()
 config.model.dtype = 'float32'
 meshes = [Mesh(np.asarray(jax.devices()[:n]), ('data',)) for n in (1, 4)]
 one = data.create_input(config, meshes[0])
-model = models.create_model(config.model, one.spec.num_classes, one.spec.image_shape[-1])
+model = models.create_model(config.model, one.spec.num_classes)
 tx = optim.create_optimizer(config, one.steps_per_epoch)
 steps = [train.jit_steps(config, model, tx, mesh)[0] for mesh in meshes]
 state = jax.tree.map(np.asarray, train.create_train_state(
@@ -267,5 +267,10 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
   config.model.g = (1, 2, 8)
   with pytest.raises(checkpointing.IncompatibleCheckpointError,
                      match=r'model.g: \[1, 4, 8\] \(checkpoint\) vs \[1, 2, 8\] \(this run\)'):
+    train.train_and_evaluate(config, str(tmp_path))
+  config = default_config(num_train_steps=6)
+  config.model.taps = 'cross'
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match=r"model.taps: 'full' \(checkpoint\) vs 'cross' \(this run\)"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(str(p) for p in (tmp_path / 'checkpoints').rglob('*')) == before

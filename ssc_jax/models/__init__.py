@@ -3,9 +3,13 @@
 `create_model(config.model, num_classes)` returns the network; its (g, p) come
 from `resolve_settings`: ``config.model.g`` and ``config.model.p`` (and
 ``config.model.p_1x1`` for ResNet-50) give one entry per filter count of
-`filter_counts`, or ``config.model.ticket`` solves them for a kept fraction
-of weights (`ssc_jax.budget.solve_ticket`). Unset g means dense (g = 1), unset
-p no mixing, unset p_1x1 dense pointwise (p = 1).
+`filter_counts`. Unset g means dense (g = 1), unset p no mixing, unset p_1x1
+dense pointwise (p = 1). A ``config.model.ticket`` is solved into settings
+before a model is built (`ssc_jax.budget.resolve_ticket`).
+``config.model.taps`` is the KxK pattern of the SSC layers,
+``config.model.init`` their initialisation (`conv.INITS`), and
+``config.model.zero_init_residual`` (ResNet-50) starts each block's last
+BatchNorm scale at 0.
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -13,6 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssc_jax import ssc
+from ssc_jax.models.conv import INITS
 from ssc_jax.models.resnet_cifar import ResNet32
 from ssc_jax.models.resnet_imagenet import ResNet50
 from ssc_jax.models.vgg import VGG
@@ -64,23 +70,17 @@ def _entries(model_config, field: str, counts: Tuple[int, ...],
   return value
 
 
-def resolve_settings(model_config, num_classes: Optional[int] = None,
-                     input_channels: int = 3) -> Settings:
+def resolve_settings(model_config) -> Settings:
   """Per-filter-count settings: {'g': ..., 'p': ...} (+ 'p_1x1' for ResNet-50).
 
-  Each tuple is aligned with `filter_counts(model_config)`. With
-  ``model.ticket`` set, the settings are solved for that kept fraction of the
-  network's weights, which needs `num_classes` (the Dense layer counts) and
-  `input_channels` (the first convolution counts).
+  Each tuple is aligned with `filter_counts(model_config)`. Raises if
+  ``model.ticket`` is still set: solve it first (`ssc_jax.budget.resolve_ticket`).
   """
   counts = filter_counts(model_config)
   if model_config.ticket is not None:
-    if num_classes is None:
-      raise ValueError('config.model.ticket is set: resolve_settings needs '
-                       'num_classes to solve for it')
-    from ssc_jax import budget  # pylint: disable=g-import-not-at-top
-    return budget.solve_ticket(model_config, num_classes, model_config.ticket,
-                               input_channels).settings
+    raise ValueError(f'config.model.ticket={model_config.ticket} is set: solve it into '
+                     'g and p with ssc_jax.budget.resolve_ticket(config.model, num_classes) '
+                     'before building the model')
   settings = {'g': _entries(model_config, 'g', counts['g_p'], 1),
               'p': _entries(model_config, 'p', counts['g_p'], None)}
   if 'p_1x1' in counts:
@@ -88,19 +88,21 @@ def resolve_settings(model_config, num_classes: Optional[int] = None,
   return settings
 
 
-def create_model(model_config, num_classes: int, input_channels: int = 3) -> nn.Module:
+def create_model(model_config, num_classes: int) -> nn.Module:
   """The network of ``model_config`` with `num_classes` outputs.
 
   Call it as ``model.apply(variables, x, train=..., mutable=['batch_stats'])``
-  on (B, H, W, C) float images; it returns float32 logits. `input_channels`
-  matters only when ``model.ticket`` is set (the first layer's weights count).
+  on (B, H, W, C) float images; it returns float32 logits.
   """
   if model_config.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={model_config.dtype!r} must be one of '
                      f'{tuple(_DTYPES)}')
+  if model_config.init not in INITS:
+    raise ValueError(f'config.model.init={model_config.init!r} must be one of {INITS}')
+  taps = ssc.structure.normalize_taps(model_config.taps, (3, 3), 'config.model.taps')
   common: Dict[str, Any] = dict(
-      num_classes=num_classes, dtype=_DTYPES[model_config.dtype],
-      **resolve_settings(model_config, num_classes, input_channels))
+      num_classes=num_classes, dtype=_DTYPES[model_config.dtype], taps=taps,
+      initialization=model_config.init, **resolve_settings(model_config))
   name = model_config.name
   if name == 'vgg19':
     return VGG(blocks=vgg.VGG19_BLOCKS, **common)
@@ -108,7 +110,7 @@ def create_model(model_config, num_classes: int, input_channels: int = 3) -> nn.
     return VGG(blocks=vgg.DIGITS_BLOCKS, **common)
   if name == 'resnet32':
     return ResNet32(width=model_config.width, **common)
-  return ResNet50(**common)
+  return ResNet50(zero_init_residual=model_config.zero_init_residual, **common)
 
 
 __all__ = ['NETWORKS', 'ResNet32', 'ResNet50', 'VGG', 'create_model',

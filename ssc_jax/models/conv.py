@@ -1,9 +1,25 @@
-"""The convolution and normalisation that every paper network is built from.
+"""The convolution, classifier and normalisation that every paper network is built from.
 
 Each convolution of a network is an `SSCConv` tagged with the config field
 that sets its (g, p): `G_P` (``config.model.g`` / ``config.model.p`` by filter
 count), `P_1X1` (``config.model.p_1x1`` by filter count, g = None) or None for
 a layer that always stays dense. The budget reads the tag to group layers.
+The spatial pattern (``config.model.taps``) applies to the KxK `G_P` layers
+only, g = 1 included; the layers that stay dense keep every position.
+
+Initialisation (``config.model.init``):
+
+* 'he': convolutions He normal (truncated at 2 std) on each output's real
+  fan-in; the Dense layer flax's default (LeCun normal), zero bias.
+* 'grasp': what the paper inherits from GraSP (``kaiming_normal_(mode='fan_out',
+  nonlinearity='relu')`` for convolutions, N(0, 0.01^2) weights and zero
+  bias for Linear): convolutions normal with variance 2 / fan-out, where the
+  fan-out of a weight is the real number of outputs (kernel positions x
+  output channels) that its input channel feeds, N*K*K for a dense layer and
+  only the kept ones for an SSC layer; the Dense layer normal with std 0.01
+  and zero bias.
+
+BatchNorm starts at scale 1 and bias 0 under both.
 """
 
 from typing import Any, Optional
@@ -15,8 +31,11 @@ from ssc_jax import ssc
 
 G_P = 'g_p'
 P_1X1 = 'p_1x1'
+INITS = ('he', 'grasp')
 _G_FIELD = {G_P: 'config.model.g'}
 _P_FIELD = {G_P: 'config.model.p', P_1X1: 'config.model.p_1x1'}
+_CONV_INIT = {'he': ssc.he_normal, 'grasp': ssc.kaiming_normal_fan_out}
+_DENSE_INIT = {'he': nn.initializers.lecun_normal, 'grasp': lambda: nn.initializers.normal(0.01)}
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -33,15 +52,16 @@ class NetworkConv(ssc.SSCConv):
 
 def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
          g: Optional[int], p: Optional[int], setting: Optional[str], dtype: Any,
-         name: str, strides: int = 1, padding: Any = 'SAME') -> jnp.ndarray:
-  """Applies a bias-free, He-initialised `NetworkConv` named `name` in `parent`.
+         init: str, name: str, strides: int = 1, padding: Any = 'SAME',
+         taps: Any = 'full') -> jnp.ndarray:
+  """Applies a bias-free `NetworkConv` named `name` in `parent`, initialised by `init`.
 
   A (g, p) that the layer cannot take raises a ValueError naming the config
   field it came from and the layer (path, M, N).
   """
   in_features = x.shape[-1]
   try:
-    ssc.ssc_structure(in_features, features, kernel_size, g, p)
+    ssc.ssc_structure(in_features, features, kernel_size, g, p, taps)
   except ValueError as error:
     g_ok = g is None or (isinstance(g, int) and 1 <= g <= min(in_features, features))
     field = _G_FIELD.get(setting) if not g_ok else _P_FIELD.get(setting)
@@ -54,8 +74,8 @@ def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
         f'(M={in_features} input, N={features} output channels, K={kernel_size}): '
         f'{error}') from None
   return NetworkConv(
-      features, kernel_size, strides=strides, padding=padding, g=g, p=p,
-      use_bias=False, dtype=dtype, kernel_init=ssc.he_normal(),
+      features, kernel_size, strides=strides, padding=padding, g=g, p=p, taps=taps,
+      use_bias=False, dtype=dtype, kernel_init=_CONV_INIT[init](),
       setting=setting, name=name)(x)
 
 
@@ -68,7 +88,8 @@ def batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> 
       name=name)
 
 
-def classifier(x: jnp.ndarray, num_classes: int, dtype: Any) -> jnp.ndarray:
-  """Global average pooling, then one Dense layer; float32 logits."""
+def classifier(x: jnp.ndarray, num_classes: int, dtype: Any, init: str) -> jnp.ndarray:
+  """Global average pooling, then one Dense layer initialised by `init`; float32 logits."""
   x = jnp.mean(x, axis=(-3, -2))
-  return nn.Dense(num_classes, dtype=dtype, name='dense')(x).astype(jnp.float32)
+  return nn.Dense(num_classes, dtype=dtype, kernel_init=_DENSE_INIT[init](),
+                  bias_init=nn.initializers.zeros_init(), name='dense')(x).astype(jnp.float32)

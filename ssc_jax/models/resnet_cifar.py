@@ -30,11 +30,14 @@ class BasicBlock(nn.Module):
   strides: int
   g: Optional[int]
   p: Optional[int]
+  taps: Any
+  initialization: str
   dtype: Any
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    ssc = dict(g=self.g, p=self.p, setting=conv_lib.G_P, dtype=self.dtype)
+    ssc = dict(g=self.g, p=self.p, taps=self.taps, setting=conv_lib.G_P, dtype=self.dtype,
+               init=self.initialization)
     y = conv_lib.conv(self, x, self.features, 3, strides=self.strides,
                       padding=1, name='conv1', **ssc)
     y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn1')(y))
@@ -43,7 +46,7 @@ class BasicBlock(nn.Module):
     if self.strides != 1 or x.shape[-1] != self.features:
       x = conv_lib.conv(self, x, self.features, 1, strides=self.strides,
                         padding=0, g=1, p=None, setting=None, dtype=self.dtype,
-                        name='proj_conv')
+                        init=self.initialization, name='proj_conv')
       x = conv_lib.batch_norm(train, self.dtype, 'proj_bn')(x)
     return nn.relu(x + y)
 
@@ -55,12 +58,16 @@ class ResNet32(nn.Module):
     num_classes: outputs of the Dense layer.
     width: filter multiplier of every stage (2 in the paper).
     g, p: (g, p) of the three stages, in order.
+    taps: the KxK pattern of the stages' 3x3 convolutions.
+    initialization: 'he' or 'grasp' (`conv.INITS`, config.model.init).
     dtype: compute dtype; parameters are float32.
   """
   num_classes: int
   width: int = 1
   g: Tuple[Optional[int], ...] = (1, 1, 1)
   p: Tuple[Optional[int], ...] = (None, None, None)
+  taps: Any = 'full'
+  initialization: str = 'he'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -68,11 +75,11 @@ class ResNet32(nn.Module):
     filters = filter_counts(self.width)
     x = jnp.asarray(x, self.dtype)
     x = conv_lib.conv(self, x, filters[0], 3, g=1, p=None, setting=None,
-                      dtype=self.dtype, name='stem_conv')
+                      dtype=self.dtype, init=self.initialization, name='stem_conv')
     x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn')(x))
     for stage, (features, g, p) in enumerate(zip(filters, self.g, self.p)):
       for block in range(BLOCKS_PER_STAGE):
         strides = 2 if stage and not block else 1
-        x = BasicBlock(features, strides, g, p, self.dtype,
+        x = BasicBlock(features, strides, g, p, self.taps, self.initialization, self.dtype,
                        name=f'stage{stage + 1}_block{block}')(x, train)
-    return conv_lib.classifier(x, self.num_classes, self.dtype)
+    return conv_lib.classifier(x, self.num_classes, self.dtype, self.initialization)

@@ -7,8 +7,9 @@ the shape changes, global average pooling and one Dense layer. The stem and
 the Dense layer stay dense; each 3x3 convolution takes the (g, p) of its
 filter count in `FILTER_COUNTS`; every 1x1 convolution, shortcuts included,
 is an interleaved grouped pointwise convolution (g = None) with the p of its
-filter count in `FILTER_COUNTS_1X1`. The last BatchNorm of each block starts
-with scale 0 (Goyal et al. 2017, as in flax's ImageNet example).
+filter count in `FILTER_COUNTS_1X1`. With `zero_init_residual` the last
+BatchNorm of each block starts with scale 0 (Goyal et al. 2017, as in flax's
+ImageNet example).
 """
 
 from typing import Any, Optional, Tuple
@@ -32,20 +33,24 @@ class Bottleneck(nn.Module):
   p: Optional[int]
   p_in: Optional[int]  # p of the 1x1 convolution to `width` filters
   p_out: Optional[int]  # p of the 1x1 convolutions to 4 * `width` filters
+  taps: Any
+  initialization: str
+  zero_init_residual: bool
   dtype: Any
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    pointwise = dict(g=None, setting=conv_lib.P_1X1, dtype=self.dtype, padding=0)
+    pointwise = dict(g=None, setting=conv_lib.P_1X1, dtype=self.dtype, padding=0,
+                     init=self.initialization)
     out_features = EXPANSION * self.width
     y = conv_lib.conv(self, x, self.width, 1, p=self.p_in, name='conv1', **pointwise)
     y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn1')(y))
     y = conv_lib.conv(self, y, self.width, 3, strides=self.strides, padding=1,
-                      g=self.g, p=self.p, setting=conv_lib.G_P, dtype=self.dtype,
-                      name='conv2')
+                      g=self.g, p=self.p, taps=self.taps, setting=conv_lib.G_P,
+                      dtype=self.dtype, init=self.initialization, name='conv2')
     y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn2')(y))
     y = conv_lib.conv(self, y, out_features, 1, p=self.p_out, name='conv3', **pointwise)
-    y = conv_lib.batch_norm(train, self.dtype, 'bn3', zero_scale=True)(y)
+    y = conv_lib.batch_norm(train, self.dtype, 'bn3', zero_scale=self.zero_init_residual)(y)
     if self.strides != 1 or x.shape[-1] != out_features:
       x = conv_lib.conv(self, x, out_features, 1, strides=self.strides,
                         p=self.p_out, name='proj_conv', **pointwise)
@@ -60,12 +65,18 @@ class ResNet50(nn.Module):
     num_classes: outputs of the Dense layer.
     g, p: (g, p) of the 3x3 convolutions per filter count of `FILTER_COUNTS`.
     p_1x1: p of the 1x1 convolutions per filter count of `FILTER_COUNTS_1X1`.
+    taps: the KxK pattern of the 3x3 convolutions.
+    initialization: 'he' or 'grasp' (`conv.INITS`, config.model.init).
+    zero_init_residual: start each block's last BatchNorm scale at 0.
     dtype: compute dtype; parameters are float32.
   """
   num_classes: int
   g: Tuple[Optional[int], ...] = (1, 1, 1, 1)
   p: Tuple[Optional[int], ...] = (None, None, None, None)
   p_1x1: Tuple[Optional[int], ...] = (1, 1, 1, 1, 1, 1)
+  taps: Any = 'full'
+  initialization: str = 'he'
+  zero_init_residual: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -73,14 +84,14 @@ class ResNet50(nn.Module):
     p_1x1 = dict(zip(FILTER_COUNTS_1X1, self.p_1x1))
     x = jnp.asarray(x, self.dtype)
     x = conv_lib.conv(self, x, 64, 7, strides=2, padding=3, g=1, p=None,
-                      setting=None, dtype=self.dtype, name='stem_conv')
+                      setting=None, dtype=self.dtype, init=self.initialization, name='stem_conv')
     x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn')(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (width, g, p, size) in enumerate(
         zip(FILTER_COUNTS, self.g, self.p, STAGE_SIZES)):
       for block in range(size):
         strides = 2 if stage and not block else 1
-        x = Bottleneck(width, strides, g, p, p_1x1[width],
-                       p_1x1[EXPANSION * width], self.dtype,
+        x = Bottleneck(width, strides, g, p, p_1x1[width], p_1x1[EXPANSION * width],
+                       self.taps, self.initialization, self.zero_init_residual, self.dtype,
                        name=f'stage{stage + 1}_block{block}')(x, train)
-    return conv_lib.classifier(x, self.num_classes, self.dtype)
+    return conv_lib.classifier(x, self.num_classes, self.dtype, self.initialization)

@@ -34,12 +34,16 @@ class VGG(nn.Module):
     num_classes: outputs of the Dense layer.
     blocks: (filters, convolutions) per block; a 2x2 max-pool between blocks.
     g, p: (g, p) per filter count of `filter_counts(blocks)`.
+    taps: the KxK pattern of every convolution but the first.
+    initialization: 'he' or 'grasp' (`conv.INITS`, config.model.init).
     dtype: compute dtype; parameters are float32.
   """
   num_classes: int
   blocks: Tuple[Tuple[int, int], ...] = VGG19_BLOCKS
   g: Tuple[Optional[int], ...] = (1, 1, 1, 1)
   p: Tuple[Optional[int], ...] = (None, None, None, None)
+  taps: Any = 'full'
+  initialization: str = 'he'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -52,11 +56,11 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       for _ in range(num_convs):
         if index == 0:
-          g, p, setting = 1, None, None
+          g, p, setting, taps = 1, None, None, 'full'
         else:
-          (g, p), setting = settings[features], conv_lib.G_P
-        x = conv_lib.conv(self, x, features, 3, g=g, p=p, setting=setting,
-                          dtype=self.dtype, name=f'conv{index}')
+          (g, p), setting, taps = settings[features], conv_lib.G_P, self.taps
+        x = conv_lib.conv(self, x, features, 3, g=g, p=p, setting=setting, taps=taps,
+                          dtype=self.dtype, init=self.initialization, name=f'conv{index}')
         x = nn.relu(conv_lib.batch_norm(train, self.dtype, f'bn{index}')(x))
         index += 1
-    return conv_lib.classifier(x, self.num_classes, self.dtype)
+    return conv_lib.classifier(x, self.num_classes, self.dtype, self.initialization)

@@ -81,6 +81,11 @@ def normalize_taps(taps: Union[str, Sequence[Sequence[int]], np.ndarray],
   return tuple(tuple(int(v) for v in row) for row in grid)
 
 
+def taps_label(taps: Taps) -> str:
+  """A normalised pattern as text: its name, or its grid as rows of 0/1 joined by '/'."""
+  return taps if isinstance(taps, str) else '/'.join(''.join(map(str, row)) for row in taps)
+
+
 def group_starts(channels: int, groups: int) -> np.ndarray:
   """First channel of each group (and the end): ceil(i * channels / groups)."""
   return -(-np.arange(groups + 1) * channels // groups)
