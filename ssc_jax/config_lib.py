@@ -2,9 +2,11 @@
 
 A config file in `configs/` defines `get_config()`, starts from one of the
 builders here (`base`, `cifar`, `tiny_imagenet`, `imagenet`) and sets only
-what differs for its row. Every key a run may read is declared here, so
-`--config.some_key=...` on a key that does not exist fails in ml_collections
-with the key's name, and `check_config` rejects values out of range.
+what differs for its row; `cifar`, `tiny_imagenet` and `imagenet` start from
+`paper()`, the training recipe every paper row shares. Every key a run may
+read is declared here, so `--config.some_key=...` on a key that does not
+exist fails in ml_collections with the key's name, and `check_config`
+rejects values out of range.
 """
 
 import difflib
@@ -14,6 +16,7 @@ import types
 
 import ml_collections
 
+from ssc_jax import optim
 from ssc_jax.data import specs
 
 # Learning-rate recipes of the paper's supplementary (epochs, boundaries).
@@ -42,7 +45,9 @@ def base() -> ml_collections.ConfigDict:
   config.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)
   config.folder_dir = ''  # root of the image folders when data_source = 'folder'
   config.pipeline = 'tf_data'  # tf_data (host, TensorFlow) | device (device-resident, no TF)
-  config.full_train = False  # True: train on all of train; False: hold out the last 10%
+  # True: train on all of train and evaluate on test only (the paper rows);
+  # False: hold out the last 10% as validation (the split the (p, g) search uses).
+  config.full_train = False
   config.validation_fraction = 0.1
   config.batch_size = 128  # global, over all devices and processes
   config.eval_batch_size = 500  # global
@@ -76,7 +81,10 @@ def base() -> ml_collections.ConfigDict:
   config.base_batch_size = 128
   config.momentum = 0.9
   config.nesterov = False
-  config.weight_decay = 1e-4  # coupled (added to the gradient) on conv and Dense kernels
+  config.weight_decay = 1e-4  # coupled (added to the gradient), see weight_decay_on
+  # 'kernels': conv and Dense weights only; 'all': every parameter (BatchNorm
+  # scale/bias, biases too), as the paper's PyTorch SGD(weight_decay=...) does.
+  config.weight_decay_on = 'kernels'
   config.warmup_epochs = 0.0
   config.num_epochs = 250
   config.lr_boundaries_epochs = (100, 150, 200)
@@ -93,35 +101,42 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
+def paper() -> ml_collections.ConfigDict:
+  """`base()` with what every paper row shares: the whole training set, decay on all
+  params, GraSP's initialisation."""
+  config = base()
+  config.full_train = True
+  config.weight_decay_on = 'all'
+  config.model.init = 'grasp'
+  return config
+
+
 def cifar(dataset: str, network: str) -> ml_collections.ConfigDict:
   """CIFAR-10/100 with VGG-19 or doubled-width ResNet-32, the paper's recipe."""
-  config = base()
+  config = paper()
   config.dataset = dataset
   config.model.name = network
   config.model.width = 2 if network == 'resnet32' else 1
-  config.model.init = 'grasp'
   config.update(CIFAR_RECIPE)
   return config
 
 
 def tiny_imagenet(network: str) -> ml_collections.ConfigDict:
   """Tiny-ImageNet (64x64, 200 classes), the paper's recipe."""
-  config = base()
+  config = paper()
   config.dataset = 'tiny_imagenet'
   config.model.name = network
   config.model.width = 2 if network == 'resnet32' else 1
-  config.model.init = 'grasp'
   config.update(TINY_IMAGENET_RECIPE)
   return config
 
 
 def imagenet() -> ml_collections.ConfigDict:
   """ImageNet with ResNet-50 v1.5, the paper's recipe."""
-  config = base()
+  config = paper()
   config.dataset = 'imagenet2012'
   config.model.name = 'resnet50'
   config.model.dtype = 'bfloat16'
-  config.model.init = 'grasp'
   config.model.zero_init_residual = False
   config.batch_size = 256
   config.eval_batch_size = 500
@@ -150,6 +165,7 @@ _CHOICES = {
     'data_source': ('tfds', 'folder'),
     'pipeline': ('tf_data', 'device'),
     'optimizer': ('sgd',),
+    'weight_decay_on': optim.WEIGHT_DECAY_ON,
 }
 
 
@@ -174,6 +190,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      'positive and strictly increasing')
   if config.warmup_epochs < 0:
     raise ValueError(f'config.warmup_epochs={config.warmup_epochs!r} must be >= 0')
+  if boundaries and config.warmup_epochs > boundaries[0]:
+    raise ValueError(f'config.warmup_epochs={config.warmup_epochs!r} is longer than the first '
+                     f'of config.lr_boundaries_epochs={config.lr_boundaries_epochs!r}; the '
+                     'warm-up must end by the first learning-rate decay')
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ValueError(f'config.validation_fraction={config.validation_fraction!r} must be in [0, 1)')
   if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:

@@ -6,6 +6,7 @@ the state replicated, so BatchNorm statistics and gradients are over the
 global batch. The state buffers are donated to each step.
 """
 
+import datetime
 import functools
 import json
 import signal
@@ -228,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   logging.info('Training %s on %s: %d steps (%d per epoch), %d devices, from step %d.',
                config.model.name, spec.name, num_steps, steps_per_epoch, jax.device_count(),
                start_step)
+  if not spec.num_validation:
+    logging.info('No validation split (full_train=%s): training on all %d training examples, '
+                 'evaluating on test only.', config.full_train, spec.num_train)
 
   p_train_step, p_eval_step = jit_steps(config, model, tx, mesh)
 
@@ -240,7 +244,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     writer.close()
   if preempted:
     return {'preempted_at_step': int(state.step)}
-  summary = _summary(config, spec, state, eval_results, throughput, time.time() - wall_start)
+  history = (_eval_history(workdir / 'metrics.jsonl', steps_per_epoch, int(state.step))
+             if jax.process_index() == 0 else [])
+  summary = _summary(config, spec, state, eval_results, history, steps_per_epoch, throughput,
+                     time.time() - wall_start)
   if jax.process_index() == 0:
     (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
   logging.info('Summary: %s', summary)
@@ -309,16 +316,55 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
   return state, eval_results, throughput, False
 
 
+def _eval_history(path: epath.Path, steps_per_epoch: int,
+                  last_step: int) -> List[Dict[str, float]]:
+  """The evaluations in `metrics.jsonl` at epoch ends and at `last_step`, in step order.
+
+  A resumed run repeats the steps after its checkpoint and may write an
+  evaluation again: each step counts once, with its last record.
+  """
+  records = {}
+  lines = path.read_text().splitlines() if path.exists() else []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut short by a kill
+      continue
+    step = record.get('step')
+    if ('test_accuracy' in record and step <= last_step
+        and (step % steps_per_epoch == 0 or step == last_step)):
+      records[step] = record
+  return [records[step] for step in sorted(records)]
+
+
+def _best_of(history: List[Dict[str, float]], steps_per_epoch: int) -> Dict[str, Any]:
+  """Best test top-1 over `history` and the test top-1 where validation top-1 is best
+  (the earliest epoch on ties; None where there is no such evaluation)."""
+  best = max(history, key=lambda r: r['test_accuracy'], default=None)
+  validated = [r for r in history if 'validation_accuracy' in r]
+  selected = max(validated, key=lambda r: r['validation_accuracy'], default=None)
+  epoch = lambda record: record['step'] / steps_per_epoch if record else None
+  return {
+      'best_test_top1': best['test_accuracy'] if best else None,
+      'best_test_top1_epoch': epoch(best),
+      'val_selected_test_top1': selected['test_accuracy'] if selected else None,
+      'val_selected_epoch': epoch(selected),
+  }
+
+
 def _summary(config, spec, state: TrainState, eval_results: Dict[str, float],
+             history: List[Dict[str, float]], steps_per_epoch: int,
              throughput: Optional[float], wall_seconds: float) -> Dict[str, Any]:
-  """The figures of a finished run."""
+  """The figures of a finished run; `history` holds its evaluations (`_eval_history`)."""
   counts = budget.budget(config).to_dict()
   summary = {
       'config_model': config.model.name,
       'dataset': spec.name,
       'steps': int(state.step),
+      'epochs': int(state.step) / steps_per_epoch,
       **eval_results,
       'test_top1': eval_results.get('test_accuracy'),
+      **_best_of(history, steps_per_epoch),
       'kept_params': counts['kept_params'],
       'dense_params': counts['dense_params'],
       'kept_fraction': counts['kept_fraction'],
@@ -327,6 +373,8 @@ def _summary(config, spec, state: TrainState, eval_results: Dict[str, float],
       'images_per_second': throughput,
       'wall_time_s': wall_seconds,
       'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'jax_version': jax.__version__,
+      'finished_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
   if spec.name == 'imagenet2012':
     summary['test_top5'] = eval_results.get('test_top5_accuracy')

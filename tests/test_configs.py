@@ -37,6 +37,17 @@ def test_every_row_has_a_config():
   assert expected <= set(PAPER_ROWS)
 
 
+def test_paper_rows_train_as_the_paper_did():
+  """Whole training set and decay on every parameter for each paper row and its dense
+  baseline; the embedded default keeps base()'s validation split and kernel-only decay."""
+  for name in PAPER_ROWS:
+    config = load(name).get_config()
+    assert (config.full_train, config.weight_decay_on) == (True, 'all'), name
+    config_lib.check_config(config)
+  default = load('default').get_config()
+  assert (default.full_train, default.weight_decay_on) == (False, 'kernels')
+
+
 @pytest.mark.parametrize('name', PAPER_ROWS)
 def test_config_builds_and_traces(name):
   """Abstract init and training forward at the dataset's input size."""

@@ -1,8 +1,10 @@
 """The main job: training, resume, preemption, devices, errors, the default config."""
 
+import datetime
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,41 +71,97 @@ def assert_trees_equal(a, b):
 
 # --- optimiser ---------------------------------------------------------------
 
-def test_sgd_with_coupled_decay_on_kernels_only():
-  """Matches w -= lr * v, v = m v + (g + wd w) for kernels, no decay for biases/BN."""
+def _torch_sgd_reference(params, grads_per_step, lrs, momentum, weight_decay, nesterov, decayed):
+  """PyTorch's SGD.step (dampening 0), written out: d = g + wd*w on `decayed` leaves;
+  buf = d at the first step, then momentum*buf + d; d = d + momentum*buf (Nesterov)
+  or buf; w = w - lr*d."""
+  params = {k: np.array(v, np.float64) for k, v in params.items()}
+  buffers = {}
+  for grads, lr in zip(grads_per_step, lrs):
+    for name, w in params.items():
+      d = grads[name] + (weight_decay * w if decayed(name) else 0.0)
+      buffers[name] = d.copy() if name not in buffers else momentum * buffers[name] + d
+      d = d + momentum * buffers[name] if nesterov else buffers[name]
+      params[name] = w - lr * d
+  return params
+
+
+@pytest.mark.parametrize('weight_decay_on,nesterov', [('all', False), ('all', True),
+                                                      ('kernels', False)])
+def test_sgd_matches_pytorch_semantics(weight_decay_on, nesterov):
+  """Random params and grads, 5 steps across an lr boundary, against PyTorch's update rule."""
   config = config_lib.base()
-  config.update(dict(learning_rate=0.5, momentum=0.9, weight_decay=0.01,
-                     lr_boundaries_epochs=(1,), num_epochs=2))
+  config.update(dict(learning_rate=0.3, momentum=0.9, weight_decay=0.05, nesterov=nesterov,
+                     weight_decay_on=weight_decay_on, lr_boundaries_epochs=(1, 2), num_epochs=3))
   tx = optim.create_optimizer(config, steps_per_epoch=2)
-  rng = np.random.default_rng(0)
-  params = {'conv': {'kernel': rng.normal(size=(3, 4)), 'mix': rng.normal(size=(5,)),
-                     'bias': rng.normal(size=(4,))}, 'bn': {'scale': rng.normal(size=(4,))}}
-  params = jax.tree.map(jnp.asarray, params)
-  state = tx.init(params)
-  reference = jax.tree.map(np.asarray, params)
-  velocity = jax.tree.map(np.zeros_like, reference)
-  for step in range(4):
-    grads = jax.tree.map(lambda p: np.cos(np.asarray(p) * (step + 1)), params)
-    updates, state = tx.update(jax.tree.map(jnp.asarray, grads), state, params)
-    params = optax.apply_updates(params, updates)
-    lr = 0.5 if step < 2 else 0.05
-    for path in (('conv', 'kernel'), ('conv', 'mix'), ('conv', 'bias'), ('bn', 'scale')):
-      w, g = reference[path[0]][path[1]], grads[path[0]][path[1]]
-      decay = 0.01 if path[1] in ('kernel', 'mix') else 0.0
-      v = 0.9 * velocity[path[0]][path[1]] + g + decay * w
-      velocity[path[0]][path[1]] = v
-      reference[path[0]][path[1]] = w - lr * v
-  for path in (('conv', 'kernel'), ('conv', 'mix'), ('conv', 'bias'), ('bn', 'scale')):
-    np.testing.assert_allclose(params[path[0]][path[1]], reference[path[0]][path[1]], rtol=1e-5)
+  rng = np.random.default_rng(1)
+  shapes = {'kernel': (3, 3, 2, 4), 'mix': (6,), 'bias': (4,), 'scale': (4,), 'bn_bias': (4,)}
+  flat = {name: rng.normal(size=shape) for name, shape in shapes.items()}
+  params = {'conv': {'kernel': flat['kernel'], 'mix': flat['mix'], 'bias': flat['bias']},
+            'bn': {'scale': flat['scale'], 'bias': flat['bn_bias']}}
+  to_tree = lambda f: {'conv': {k: f[k] for k in ('kernel', 'mix', 'bias')},
+                       'bn': {'scale': f['scale'], 'bias': f['bn_bias']}}
+  grads_per_step = [{name: rng.normal(size=shape) for name, shape in shapes.items()}
+                    for _ in range(5)]
+  tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  state = tx.init(tree)
+  for grads in grads_per_step:
+    updates, state = tx.update(jax.tree.map(jnp.float32, to_tree(grads)), state, tree)
+    tree = optax.apply_updates(tree, updates)
+  kernels = lambda name: name in ('kernel', 'mix')
+  lrs = [0.3, 0.3, 0.03, 0.03, 0.003]
+  references = {on: _torch_sgd_reference(flat, grads_per_step, lrs, 0.9, 0.05, nesterov, decayed)
+                for on, decayed in (('all', lambda name: True), ('kernels', kernels))}
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6),
+               tree, to_tree(references[weight_decay_on]))
+  # The two choices are told apart: they differ on exactly the non-kernel parameters.
+  differ = {name for name in shapes
+            if not np.allclose(references['all'][name], references['kernels'][name], rtol=1e-3)}
+  assert differ == {'bias', 'scale', 'bn_bias'}
+
+
+def test_weight_decay_on_keeps_the_optimizer_state_structure():
+  """A checkpoint written under one choice restores under the other."""
+  params = {'conv': {'kernel': jnp.ones((3, 3)), 'bias': jnp.ones(3)}, 'bn': {'scale': jnp.ones(3)}}
+  structures = set()
+  for on in optim.WEIGHT_DECAY_ON:
+    config = config_lib.base()
+    config.weight_decay_on = on
+    structures.add(jax.tree.structure(optim.create_optimizer(config, 10).init(params)))
+  assert len(structures) == 1
+
+
+def test_weight_decay_on_is_checked():
+  config = config_lib.base()
+  config.weight_decay_on = 'batchnorm'
+  with pytest.raises(ValueError, match=r"config.weight_decay_on='batchnorm' must be one of "
+                                       r"\('all', 'kernels'\)"):
+    config_lib.check_config(config)
+  with pytest.raises(ValueError, match='config.weight_decay_on'):
+    optim.create_optimizer(config, steps_per_epoch=10)
 
 
 def test_schedule_warmup_and_batch_scaling():
+  """Warm-up lr * (step + 1) / warmup_steps: the first step already moves."""
   config = config_lib.base()
   config.update(dict(learning_rate=0.1, lr_scale_with_batch=True, batch_size=512,
                      base_batch_size=128, warmup_epochs=1, lr_boundaries_epochs=(3, 5)))
   schedule = optim.learning_rate_schedule(config, steps_per_epoch=10)
-  values = [float(schedule(s)) for s in (0, 5, 10, 29, 30, 49, 50)]
-  np.testing.assert_allclose(values, [0.0, 0.2, 0.4, 0.4, 0.04, 0.04, 0.004], rtol=1e-6)
+  steps = (0, 5, 9, 10, 29, 30, 49, 50)
+  np.testing.assert_allclose([float(schedule(s)) for s in steps],
+                             [0.04, 0.24, 0.4, 0.4, 0.4, 0.04, 0.04, 0.004], rtol=1e-6)
+
+
+def test_warmup_longer_than_first_boundary_is_refused():
+  config = config_lib.base()
+  config.update(dict(warmup_epochs=100.5, lr_boundaries_epochs=(100, 150)))
+  with pytest.raises(ValueError, match=r'warmup_epochs=100.5 is longer than the first of '
+                                       r'config.lr_boundaries_epochs=\(100, 150\)'):
+    config_lib.check_config(config)
+  config.warmup_epochs = 100.0  # ends exactly at the boundary: allowed
+  config_lib.check_config(config)
+  config.update(dict(warmup_epochs=500.0, lr_boundaries_epochs=()))  # no boundary, no limit
+  config_lib.check_config(config)
 
 
 # --- the loop ------------------------------------------------------------------
@@ -120,7 +178,53 @@ def test_default_config_reaches_its_stated_accuracy(tmp_path):
   lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   losses = [line['train_loss'] for line in lines if 'train_loss' in line]
   assert losses[-1] < losses[0] / 5
-  assert any('test_accuracy' in line for line in lines)
+  evals = [line for line in lines if 'test_accuracy' in line]
+  assert [line['step'] for line in evals] == [21 * e for e in range(1, 31)]
+  tests = [line['test_accuracy'] for line in evals]
+  vals = [line['validation_accuracy'] for line in evals]
+  assert written['best_test_top1'] == max(tests) >= written['test_top1']
+  assert written['best_test_top1_epoch'] == tests.index(max(tests)) + 1
+  assert written['val_selected_epoch'] == vals.index(max(vals)) + 1
+  assert written['val_selected_test_top1'] == tests[vals.index(max(vals))]
+  assert written['epochs'] == 30.0 and written['jax_version'] == jax.__version__
+  finished = datetime.datetime.fromisoformat(written['finished_utc'])
+  assert finished.utcoffset() == datetime.timedelta(0)
+  assert abs((datetime.datetime.now(datetime.timezone.utc) - finished).total_seconds()) < 600
+
+
+def test_eval_history_counts_each_step_once(tmp_path):
+  """Last record wins for a repeated step; evaluations off epoch ends (a shorter earlier run's
+  final one) and past the last step, cut lines, and non-eval lines do not count."""
+  lines = [{'hparams': {'seed': '0'}}, {'step': 5, 'train_loss': 1.0},
+           {'step': 10, 'test_accuracy': 0.5, 'validation_accuracy': 0.6},
+           {'step': 20, 'test_accuracy': 0.99, 'validation_accuracy': 0.99},  # killed, redone
+           {'step': 25, 'test_accuracy': 0.98, 'validation_accuracy': 0.98},  # an earlier end
+           {'step': 20, 'test_accuracy': 0.7, 'validation_accuracy': 0.8},
+           {'step': 30, 'test_accuracy': 0.8, 'validation_accuracy': 0.7},
+           {'step': 35, 'test_accuracy': 0.75, 'validation_accuracy': 0.8},
+           {'step': 40, 'test_accuracy': 0.97, 'validation_accuracy': 0.97}]
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('\n'.join(json.dumps(line) for line in lines) + '\n{"step": 30, "test_ac\n')
+  history = train._eval_history(path, steps_per_epoch=10, last_step=35)
+  assert [(r['step'], r['test_accuracy']) for r in history] == [(10, 0.5), (20, 0.7), (30, 0.8),
+                                                               (35, 0.75)]
+  assert train._best_of(history, steps_per_epoch=10) == {
+      'best_test_top1': 0.8, 'best_test_top1_epoch': 3.0,
+      'val_selected_test_top1': 0.7, 'val_selected_epoch': 2.0}  # ties: the earliest
+  assert train._best_of([], 10) == dict.fromkeys(
+      ('best_test_top1', 'best_test_top1_epoch', 'val_selected_test_top1', 'val_selected_epoch'))
+
+
+def test_full_train_evaluates_test_only_and_says_so_once(tmp_path, caplog):
+  caplog.set_level('INFO')
+  summary = train.train_and_evaluate(default_config(full_train=True, num_train_steps=3),
+                                     str(tmp_path))
+  assert not [k for k in summary if k.startswith('validation')]
+  assert summary['val_selected_test_top1'] is None and summary['val_selected_epoch'] is None
+  assert summary['best_test_top1'] == summary['test_top1'] is not None
+  assert summary['epochs'] == 3 / (1500 // 64)
+  said = [r for r in caplog.records if 'No validation split' in r.getMessage()]
+  assert len(said) == 1 and 'training on all 1500 training examples' in said[0].getMessage()
 
 
 def test_kill_and_resume_is_bit_equal(tmp_path):
@@ -143,6 +247,39 @@ def test_kill_and_resume_is_bit_equal(tmp_path):
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert 'Resumed from' in resumed.stderr
   assert_trees_equal(saved_params(tmp_path / 'straight', 50), saved_params(killed_dir, 50))
+  summaries = [json.loads((d / 'summary.json').read_text()) for d in (tmp_path / 'straight',
+                                                                       killed_dir)]
+  for key in ('test_top1', 'best_test_top1', 'best_test_top1_epoch', 'val_selected_test_top1',
+              'val_selected_epoch', 'epochs'):
+    assert summaries[0][key] == summaries[1][key] is not None, key
+
+
+@pytest.mark.slow
+def test_resume_over_stale_evaluations_reports_the_uninterrupted_best(tmp_path):
+  """A run whose evaluations at steps 21 and 30 were written but whose checkpoints were lost
+  (made bogus here: test accuracy 2.0) resumes from step 20: the summary's best and selected
+  fields are those of the uninterrupted run."""
+  flags = dict(checkpoint_every_steps=10, log_every_steps=10)
+  straight = train.train_and_evaluate(default_config(num_train_steps=44, **flags),
+                                      str(tmp_path / 'straight'))
+  workdir = tmp_path / 'resumed'
+  train.train_and_evaluate(default_config(num_train_steps=30, **flags), str(workdir))
+  for step in (21, 30):
+    shutil.rmtree(workdir / 'checkpoints' / str(step))
+  metrics_path = workdir / 'metrics.jsonl'
+  lines = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+  for line in lines:
+    if line.get('step') in (21, 30) and 'test_accuracy' in line:
+      line.update(test_accuracy=2.0, validation_accuracy=2.0)
+  metrics_path.write_text(''.join(json.dumps(line) + '\n' for line in lines))
+  resumed = train.train_and_evaluate(default_config(num_train_steps=44, **flags), str(workdir))
+  steps = [json.loads(line).get('step') for line in metrics_path.read_text().splitlines()
+           if 'test_accuracy' in line]
+  assert steps == [21, 30, 21, 42, 44]
+  for key in ('test_top1', 'best_test_top1', 'best_test_top1_epoch', 'val_selected_test_top1',
+              'val_selected_epoch'):
+    assert resumed[key] == straight[key] is not None, key
+  assert resumed['best_test_top1'] < 2.0
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):

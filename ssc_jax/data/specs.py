@@ -48,7 +48,7 @@ INFOS = {
     'tiny_imagenet': DatasetInfo(
         'tiny_imagenet', 'test', 200, (64, 64, 3), (64, 64, 3), 100_000,
         10_000, mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821),
-        augment='crop_flip', crop_padding=8),
+        augment='crop_flip', crop_padding=4),
     'imagenet2012': DatasetInfo(
         'imagenet2012', 'validation', 1000, None, (224, 224, 3), 1_281_167,
         50_000, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),

@@ -27,6 +27,8 @@ from ssc_jax.data import sources
 from ssc_jax.data import specs
 
 _INT32_MAX = 2**31 - 1
+# ImageNet eval: shorter side resized to this, then the central 224 x 224.
+EVAL_RESIZE = 256
 
 
 def _seed(*parts: int) -> int:
@@ -61,7 +63,12 @@ def _crop_flip(image, seed, info):
 
 
 def _inception_crop(encoded, seed, size: int):
-  """Inception-style random resized crop (area 8-100%, ratio 3/4-4/3), flip."""
+  """Inception-style random resized crop (area 8-100%, ratio 3/4-4/3), flip.
+
+  When 10 attempts find no window in those ranges (sample_distorted_bounding_box
+  then returns the whole image), takes the eval centre crop instead (the central
+  224/256 of the shorter side), as the flax ImageNet example does.
+  """
   tf = _tf()
   box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   shape = tf.image.extract_jpeg_shape(encoded)
@@ -72,9 +79,15 @@ def _inception_crop(encoded, seed, size: int):
       use_image_if_no_bounding_boxes=True)
   y, x, _ = tf.unstack(begin)
   h, w, _ = tf.unstack(crop_size)
-  image = tf.image.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]),
-                                        channels=3)
-  image = tf.image.resize(image, [size, size], method='bilinear', antialias=True)
+
+  def random_crop():
+    image = tf.image.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]), channels=3)
+    return tf.image.resize(image, [size, size], method='bilinear', antialias=True)
+
+  failed = tf.logical_and(tf.equal(h, shape[0]), tf.equal(w, shape[1]))
+  image = tf.cond(failed, lambda: _resize_centre_crop(encoded, EVAL_RESIZE, size),
+                  random_crop)
+  image = tf.ensure_shape(image, [size, size, 3])
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
@@ -247,7 +260,7 @@ class HostPipeline:
     def preprocess(source, label):
       encoded = self._load(source)
       if info.augment == 'inception':
-        image = _resize_centre_crop(encoded, 256, info.input_shape[0])
+        image = _resize_centre_crop(encoded, EVAL_RESIZE, info.input_shape[0])
       else:
         image = tf.ensure_shape(_decode(encoded, info.raw_shape[-1]),
                                 info.raw_shape)
