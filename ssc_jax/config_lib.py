@@ -74,6 +74,11 @@ def base() -> ml_collections.ConfigDict:
   config.model.init = 'he'  # he | grasp (the paper's, after GraSP); see ssc_jax/models/conv.py
   config.model.zero_init_residual = True  # ResNet-50: each block's last BatchNorm scale starts at 0
 
+  # How SSC layers run (ssc_jax/tuning.py): 'auto' chooses per layer and pass, or one
+  # lowering for every layer ('dense', 'grouped', 'taps+matmul', ...; ssc_jax/ssc/lowerings.py).
+  config.lowering = 'auto'
+  config.autotune = True  # 'auto': measure unknown layer shapes (False: the cost rule)
+
   # Optimisation (SGD as in the paper).
   config.optimizer = 'sgd'
   config.learning_rate = 0.1

@@ -31,6 +31,8 @@ from ssc_jax import metrics
 from ssc_jax import models
 from ssc_jax import optim
 from ssc_jax import sharding
+from ssc_jax import tuning
+from ssc_jax.ssc import autotune
 
 
 @flax.struct.dataclass
@@ -233,12 +235,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     logging.info('No validation split (full_train=%s): training on all %d training examples, '
                  'evaluating on test only.', config.full_train, spec.num_train)
 
+  plan, tuning_seconds = tuning.run_plan(config, model, spec.image_shape, workdir)
   p_train_step, p_eval_step = jit_steps(config, model, tx, mesh)
 
   try:
-    state, eval_results, throughput, preempted = _train_loop(
-        config, state, data_input, p_train_step, p_eval_step, checkpointer, writer, schedule,
-        num_steps, start_step)
+    with autotune.installed(plan):  # the steps are traced at their first call
+      state, eval_results, throughput, preempted = _train_loop(
+          config, state, data_input, p_train_step, p_eval_step, checkpointer, writer, schedule,
+          num_steps, start_step)
   finally:  # pending asynchronous saves and writes complete whatever happens
     checkpointer.close()
     writer.close()
@@ -248,6 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
              if jax.process_index() == 0 else [])
   summary = _summary(config, spec, state, eval_results, history, steps_per_epoch, throughput,
                      time.time() - wall_start)
+  summary['lowering_tuning_s'] = tuning_seconds
   if jax.process_index() == 0:
     (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
   logging.info('Summary: %s', summary)
