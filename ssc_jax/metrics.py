@@ -6,6 +6,7 @@ with the `tensorboard` package alone, so they exist whether or not TensorFlow
 is installed.
 """
 
+import collections
 import datetime
 import json
 import os
@@ -190,16 +191,21 @@ class Progress:
   """The console's progress line at each logging step, and the throughput scalars.
 
   Images/second count training steps only (not compilation, evaluation or
-  checkpointing); the ETA uses the wall time per step since the first line,
-  everything included.
+  checkpointing). The ETA uses the (lower) median wall time per step of the
+  last `ETA_INTERVALS` intervals between lines, everything included, and of
+  the training alone: the median leaves out one-time costs such as compiling
+  the evaluation.
   """
+
+  ETA_INTERVALS = 20
 
   def __init__(self, num_steps: int, steps_per_epoch: int, batch_size: int, writer: Writers):
     self._num_steps = num_steps
     self._steps_per_epoch = steps_per_epoch
     self._batch_size = batch_size
     self._writer = writer
-    self._first: Optional[tuple] = None  # (step, wall time) of the first line
+    self._last: Optional[tuple] = None  # (step, wall time) of the last line
+    self._intervals = collections.deque(maxlen=self.ETA_INTERVALS)  # wall seconds per step
     self._timed = (0, 0.0)  # training steps and seconds at the last line
 
   def report(self, step: int, scalars: Mapping[str, Any], timed_steps: int,
@@ -209,11 +215,11 @@ class Progress:
     train_seconds = timed_seconds - self._timed[1]
     steps_per_sec = (timed_steps - self._timed[0]) / train_seconds if train_seconds > 0 else None
     self._timed = (timed_steps, timed_seconds)
-    if self._first is None:
-      self._first = (step, now)
-      seconds_per_step = 1 / steps_per_sec if steps_per_sec else None
-    else:
-      seconds_per_step = (now - self._first[1]) / (step - self._first[0])
+    if self._last is not None and step > self._last[0]:
+      self._intervals.append((now - self._last[1]) / (step - self._last[0]))
+    self._last = (step, now)
+    samples = sorted(list(self._intervals) + ([1 / steps_per_sec] if steps_per_sec else []))
+    seconds_per_step = samples[(len(samples) - 1) // 2] if samples else None
     parts = [f'step {step:>{len(str(self._num_steps))}}/{self._num_steps}',
              f'epoch {step / self._steps_per_epoch:.2f}']
     parts += [f'{label} {float(np.asarray(scalars[key])):{spec}}' for key, label, spec in
