@@ -20,6 +20,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from ssc_jax import console
 from ssc_jax.ssc import autotune
 
 PLAN_FILE = 'lowerings.json'
@@ -79,6 +80,6 @@ def run_plan(config, model, image_shape, workdir: epath.Path) -> Tuple[autotune.
   if jax.process_index() == 0:
     path.write_text(json.dumps(plan.to_json(), indent=1) + '\n')
   seconds = time.perf_counter() - start
-  logging.info('Lowerings of %d SSC layer shapes chosen in %.1f s (%s).', len(plan.choices),
-               seconds, 'measured' if config.autotune else 'cost rule')
+  console.show('Lowerings of %d SSC layer shapes chosen in %.1f s (%s), kept in %s.',
+               len(plan.choices), seconds, 'measured' if config.autotune else 'cost rule', path)
   return plan, seconds
