@@ -55,7 +55,7 @@ def config_layers(name: str, batch: int, dtype: str):
   model = models.create_model(budget.resolve_ticket(config.model, num_classes, image_shape[-1]),
                               num_classes)
   x = jax.ShapeDtypeStruct((batch or config.batch_size,) + image_shape, jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x, train=False)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   layers = autotune.layers_of(
       lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
   return {k: v for k, v in layers.items()

@@ -2,7 +2,7 @@
 
     python benchmarks/network_speed.py [--configs=cifar10_resnet32_10,cifar10_vgg19_10]
         [--batch=N] [--eval_batch=N] [--dtype=float32|bfloat16] [--repeats=10]
-        [--lowering=auto] [--out=FILE]
+        [--lowering=auto] [--no_eval] [--out=FILE]
 
 For every config and its `_dense` baseline (cifar10_resnet32_10 ->
 cifar10_resnet32_dense, the ablations -> cifar100_resnet32_dense,
@@ -94,7 +94,8 @@ def measure(name: str, args, lowering: str) -> dict:
 
   with autotune.installed(plan):
     train_ms = _median_ms(step, args.repeats)
-    eval_ms = _median_ms(lambda: eval_step(holder['state'], eval_batch).loss.total, args.repeats)
+    eval_ms = (float('nan') if args.no_eval else
+               _median_ms(lambda: eval_step(holder['state'], eval_batch).loss.total, args.repeats))
   result = budget.budget(config)
   return dict(tuning_s=tuning_s, train_ms=train_ms, eval_ms=eval_ms,
               train_ips=config.batch_size / train_ms * 1000,
@@ -112,6 +113,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--lowering', default='auto',
                       help="'auto' (tuned per layer and pass) or one lowering for every layer")
+  parser.add_argument('--no_eval', action='store_true', help='time the train step only')
   parser.add_argument('--out', default=None, help='also write the table to this file')
   args = parser.parse_args()
   device = jax.devices()[0]
