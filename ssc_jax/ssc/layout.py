@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +55,43 @@ def _index(shape: Tuple[int, ...], targets: Tuple[np.ndarray, ...], size: int) -
   return _read_only(index)
 
 
+_PLACEMENTS: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = {}
+
+
+def _placement(index: np.ndarray, size: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """(targets, entries) of an index into `size` entries: derived.ravel()[targets] = flat[entries].
+
+  Positions of `index` below `size` (the zero slot) hold one stored entry
+  each, and no entry appears twice. `entries` is None when it is every entry
+  in order.
+  """
+  cached = _PLACEMENTS.get((id(index), size))
+  if cached is None or cached[0] is not index:
+    flat = index.reshape(-1)
+    placed = np.flatnonzero(flat < size)
+    entries = flat[placed]
+    order = np.argsort(entries, kind='stable')
+    targets, entries = placed[order].astype(np.int32), entries[order]
+    assert len(np.unique(entries)) == len(entries)
+    every = len(entries) == size and np.array_equal(entries, np.arange(size))
+    cached = (index, targets, None if every else entries.astype(np.int32))
+    _PLACEMENTS[(id(index), size)] = cached
+  return cached[1], cached[2]
+
+
 def take_flat(stored: Array, index: np.ndarray) -> Array:
-  """stored.ravel() with a zero appended, gathered at `index`."""
-  flat = jnp.concatenate([stored.reshape(-1), jnp.zeros((1,), stored.dtype)])
-  return jnp.take(flat, jnp.asarray(index), mode='clip')
+  """The array of `index`'s shape holding stored.ravel()[i] where index is i, zeros elsewhere.
+
+  Built as a scatter of the stored entries to unique positions: its gradient
+  is a gather, with no accumulation into a shared zero slot (which, as a
+  scatter-add with colliding indices, runs serialised on GPUs).
+  """
+  flat = stored.reshape(-1)
+  targets, entries = _placement(index, flat.shape[0])
+  values = flat if entries is None else jnp.take(flat, jnp.asarray(entries), unique_indices=True)
+  out = jnp.zeros(index.size, stored.dtype).at[jnp.asarray(targets)].add(
+      values, unique_indices=True)
+  return out.reshape(index.shape)
 
 
 @dataclasses.dataclass(frozen=True)
