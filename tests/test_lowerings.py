@@ -1,0 +1,232 @@
+"""Every lowering and every per-pass choice against the dense reference; the autotuner."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ssc_jax import SSCConv, dense_kernel
+from ssc_jax import config_lib
+from ssc_jax import train
+from ssc_jax import tuning
+from ssc_jax.ssc import autotune
+from ssc_jax.ssc import layout as layout_lib
+from ssc_jax.ssc import lowerings
+
+HIGHEST = lax.Precision.HIGHEST
+
+# (M, N, K, strides, g, p, taps): patterns, non-divisible g and p, K = 5 and 1, strides.
+CASES = [
+    (16, 24, 3, 1, 4, 3, 'cross'), (12, 20, 3, 2, 6, 5, 'alternate'), (10, 14, 3, 1, 3, 4, 'x'),
+    (9, 13, 5, 2, 3, 2, 'alternate'), (16, 16, 3, 2, 8, None, 'full'), (12, 12, 1, 1, None, 5, 'full'),
+    (8, 12, 3, 1, 1, None, 'cross'), (20, 10, 3, 1, 10, 3, 'full'),
+]
+
+
+def _case_id(case):
+  return '-'.join(str(v) for v in case)
+
+
+def _setup(case, seed=0):
+  m, n, k, strides, g, p, taps = case
+  module = SSCConv(n, k, strides, g=g, p=p, taps=taps, use_bias=False, precision=HIGHEST,
+                   implementation='dense')
+  x = jax.random.normal(jax.random.key(seed), (2, 9, 8, m))
+  params = module.init(jax.random.key(seed + 1), x)['params']
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(seed + 2), a.shape),
+                        params)
+  structure = module.structure(m)
+  kernel = dense_kernel(structure, params)
+  pads = lax.padtype_to_pads((9, 8), (k, k), (strides, strides), 'SAME')
+  target = jax.random.normal(jax.random.key(seed + 3), module.apply({'params': params}, x).shape)
+  return module, x, params, structure, kernel, pads, target
+
+
+def _reference(x, kernel, pads, strides, target):
+  """Output, input gradient and dense-kernel gradient of sum((conv - target)^2)."""
+  def loss(kernel, x):
+    y = lax.conv_general_dilated(x, kernel, (strides, strides), pads,
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=HIGHEST)
+    return jnp.sum((y - target) ** 2), y
+  (_, y), (kernel_grad, x_grad) = jax.value_and_grad(loss, (0, 1), has_aux=True)(kernel, x)
+  return y, x_grad, kernel_grad
+
+
+def _relative(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _check(module, implementation, x, params, structure, reference, target):
+  module = module.clone(implementation=implementation)
+
+  def loss(params, x):
+    y = module.apply({'params': params}, x)
+    return jnp.sum((y - target) ** 2), y
+
+  (_, y), (grads, x_grad) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(params, x)
+  y_ref, x_grad_ref, kernel_grad_ref = reference
+  assert _relative(y, y_ref) < 1e-5
+  assert _relative(x_grad, x_grad_ref) < 1e-5
+  mask = structure.mask
+  grads_dense = np.asarray(dense_kernel(structure, grads))
+  assert _relative(grads_dense[mask], np.asarray(kernel_grad_ref)[mask]) < 1e-5
+  assert not grads_dense[~mask].any()
+
+
+@pytest.mark.parametrize('case', CASES, ids=_case_id)
+def test_every_lowering_matches_the_dense_reference(case):
+  """Outputs, input gradients and weight gradients of every candidate lowering, float32."""
+  module, x, params, structure, kernel, pads, target = _setup(case)
+  reference = _reference(x, kernel, pads, case[3], target)
+  names = lowerings.candidates(layout_lib.layout(structure))
+  assert 'dense' in names and 'shifts' in names
+  for name in names:
+    _check(module, name, x, params, structure, reference, target)
+
+
+@pytest.mark.parametrize('case', CASES[:4], ids=_case_id)
+def test_one_lowering_per_pass_matches_the_dense_reference(case):
+  """A (forward, input_grad, weight_grad) choice through the custom VJP gives the same values."""
+  module, x, params, structure, kernel, pads, target = _setup(case, seed=5)
+  reference = _reference(x, kernel, pads, case[3], target)
+  names = lowerings.candidates(layout_lib.layout(structure))
+  for choice in [(names[-1], 'dense', 'shifts'), ('shifts', names[-1], 'grouped'),
+                 ('dense', 'grouped', names[-1])]:
+    _check(module, choice, x, params, structure, reference, target)
+
+
+def test_taps_and_shifts_run_only_the_kept_positions():
+  """'shifts' multiplies 5 shifted inputs for a 3x3 'cross' (its mix rides on the centre)."""
+  layout = layout_lib.layout(SSCConv(16, 3, g=4, p=2, taps='cross').structure(16))
+  assert len(layout.shift_positions) == 5 and layout.shift_positions == (1, 3, 4, 5, 7)
+  full = layout_lib.layout(SSCConv(16, 3, g=4, p=2).structure(16))
+  assert len(full.shift_positions) == 9
+
+
+@pytest.mark.parametrize('implementation,match', [
+    ('grouped3', r"lowering 'grouped3': 3 physical groups must divide g=4"),
+    ('convolve', r"lowering 'convolve' must be 'dense', 'shifts', or"),
+    (('dense', 'taps'), r'a \(forward, input_grad, weight_grad\) triple')])
+def test_bad_lowering_names_the_field(implementation, match):
+  with pytest.raises(ValueError, match=match) as error:
+    SSCConv(8, 3, g=4, p=2, implementation=implementation, name='c').init(
+        jax.random.key(0), jnp.ones((1, 4, 4, 8)))
+  assert "SSCConv 'c': implementation=" in str(error.value)
+
+
+# --- the autotuner -------------------------------------------------------------
+
+def _layer(case=(16, 24, 3, 1, 4, 3, 'cross'), batch=2):
+  m, n, k, strides, g, p, taps = case
+  module = SSCConv(n, k, strides, g=g, p=p, taps=taps)
+  x = jnp.zeros((batch, 8, 8, m))
+  variables = jax.eval_shape(module.init, jax.random.key(0), x)
+  return module, variables, x
+
+
+def test_measure_times_every_candidate_of_every_pass():
+  module, variables, x = _layer()
+  layers = autotune.layers_of(module.apply, variables, x)
+  assert len(layers) == 1
+  (key, layout, geometry), = layers.values()
+  times = autotune.measure(layout, geometry, 2, jnp.float32, repeats=1, workers=2)
+  assert set(times) == set(autotune.PASSES)
+  for which in autotune.PASSES:
+    assert {'dense', 'shifts', 'kxk:grouped', 'kxk:taps', 'mix:grouped+einsum',
+            'mix:grouped+matmul'} <= set(times[which])
+    assert all(ms > 0 for ms in times[which].values())
+    name, ms = autotune.best(times[which])
+    lowerings.check(name, layout)
+    assert ms == min(ms for ms in [times[which]['dense'], times[which]['shifts'], ms])
+
+
+def test_best_adds_the_fastest_parts():
+  times = {'dense': 9.0, 'shifts': 8.0, 'kxk:grouped': 5.0, 'kxk:taps': 3.0,
+           'mix:grouped+einsum': 2.0, 'mix:grouped+matmul': 1.0}
+  assert autotune.best(times) == ('taps+matmul', 4.0)
+  assert autotune.best({**times, 'shifts': 3.5}) == ('shifts', 3.5)
+  assert autotune.best({'dense': 2.0, 'shifts': 3.0, 'kxk:grouped1': 1.5}) == ('grouped1', 1.5)
+
+
+def _fake_measure(calls):
+  """Timings that make each pass pick a different lowering (and count the calls)."""
+  def measure(layout, geometry, batch, dtype, passes=autotune.PASSES, **_):
+    calls.append((layout, batch))
+    base = {'dense': 5.0, 'shifts': 4.0}
+    if layout.kernel is not None:
+      base.update({'kxk:taps': 1.0, 'kxk:grouped': 2.0})
+    if layout.mix is not None:
+      base.update({'mix:grouped+matmul': 0.5, 'mix:grouped+einsum': 0.6})
+    out = {'forward': dict(base), 'input_grad': {**base, 'dense': 0.1},
+           'weight_grad': {**base, 'shifts': 0.1}}
+    return {which: out[which] for which in passes}
+  return measure
+
+
+def test_tune_caches_its_choices_and_choose_follows_plan_cache_rule(tmp_path, monkeypatch):
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  calls = []
+  monkeypatch.setattr(autotune, 'measure', _fake_measure(calls))
+  module, variables, x = _layer(batch=8)
+  layers = autotune.layers_of(module.apply, variables, x)
+  key_id = next(iter(layers))
+  plan = autotune.tune(layers, batch_divisor=2)
+  assert plan.choices[key_id] == ('taps+matmul', 'dense', 'shifts') and calls[0][1] == 4
+  saved = json.loads((tmp_path / 'cache.json').read_text())
+  assert saved['entries'][key_id]['choice'] == ['taps+matmul', 'dense', 'shifts']
+  assert autotune.tune(layers).choices == plan.choices and len(calls) == 1  # cached
+  (key, layout, geometry), = layers.values()
+  assert autotune.choose(layout, geometry, key.batch, key.dtype) == plan.choices[key_id]
+  with autotune.installed(autotune.Plan({key_id: lowerings.Choice('dense', 'taps', 'grouped')})):
+    assert autotune.choose(layout, geometry, key.batch, key.dtype) == ('dense', 'taps', 'grouped')
+    with autotune.installed(autotune.Plan(force='grouped1')):
+      assert autotune.choose(layout, geometry, key.batch, key.dtype) == ('grouped1',) * 3
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'empty.json'))
+  assert autotune.choose(layout, geometry, key.batch, key.dtype) == autotune.rule(key, layout)
+  with autotune.installed(plan):  # the chosen lowerings give the layer's function
+    y = module.apply(jax.tree.map(jnp.ones_like, variables), x + 1.0)
+  reference = module.clone(implementation='dense').apply(jax.tree.map(jnp.ones_like, variables),
+                                                         x + 1.0)
+  assert _relative(y, reference) < 1e-5
+
+
+def test_the_rule_names_valid_lowerings():
+  for case in CASES:
+    module, variables, x = _layer(case)
+    for key, layout, _ in autotune.layers_of(module.apply, variables, x).values():
+      for name in autotune.rule(key, layout):
+        lowerings.check(name, layout)
+
+
+def _digits(**overrides):
+  config = config_lib.load_config_module('configs/default.py').get_config()
+  config.log_every_steps = 5
+  config.update(overrides)
+  return config
+
+
+def test_a_resumed_run_compiles_the_plan_of_the_run_it_resumes(tmp_path, monkeypatch):
+  """The plan is chosen once (here by fake timings that pick one lowering per pass), kept in
+  the workdir, and read back on resume even when the cache says otherwise: bit-equal."""
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  calls = []
+  monkeypatch.setattr(autotune, 'measure', _fake_measure(calls))
+  straight = train.train_and_evaluate(_digits(autotune=True, num_train_steps=6),
+                                      str(tmp_path / 'straight'))
+  plan = json.loads((tmp_path / 'straight' / tuning.PLAN_FILE).read_text())
+  assert calls and all(c[0] in ('taps', 'taps+matmul') and c[1:] == ['dense', 'shifts']
+                       for c in plan['choices'].values())
+  train.train_and_evaluate(_digits(autotune=True, num_train_steps=3), str(tmp_path / 'resumed'))
+  (tmp_path / 'cache.json').write_text(json.dumps({'format': 1, 'entries': {
+      k: {'choice': ['dense'] * 3, 'ms': {}} for k in plan['choices']}}))
+  autotune.Cache.default()._entries = None  # pylint: disable=protected-access
+  monkeypatch.setattr(autotune, 'measure', lambda *a, **k: pytest.fail('re-measured'))
+  resumed = train.train_and_evaluate(_digits(autotune=True, num_train_steps=6),
+                                     str(tmp_path / 'resumed'))
+  assert json.loads((tmp_path / 'resumed' / tuning.PLAN_FILE).read_text()) == plan
+  assert resumed['test_loss'] == straight['test_loss']
+  assert resumed['test_accuracy'] == straight['test_accuracy']
