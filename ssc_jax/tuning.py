@@ -9,6 +9,7 @@ reads them back, so it compiles the same program as the run it resumes.
 With several processes, process 0 decides and broadcasts.
 """
 
+import dataclasses
 import json
 import time
 from typing import Tuple
@@ -42,15 +43,28 @@ def _layers(model, config, image_shape):
 
 
 def decide_plan(model, config, image_shape) -> autotune.Plan:
-  """This process's plan: measured (or cached) where autotune is on, else cache or rule."""
+  """This process's plan: measured (or cached) where autotune is on, else cache or rule.
+
+  The eval step's layers take the forward choice of the same layer in the
+  train step (only their batch differs); eval-only layers are tuned for the
+  forward pass.
+  """
   train, evaluate = _layers(model, config, image_shape)
-  if config.autotune:
-    plan = autotune.tune(train, jax.device_count(), log=logging.info)
-    plan.choices.update(autotune.tune(evaluate, jax.device_count(), passes=('forward',),
-                                      log=logging.info).choices)
-    return plan
-  return autotune.Plan({key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
-                        for key_id, (key, layout, geometry) in {**train, **evaluate}.items()})
+  if not config.autotune:
+    return autotune.Plan({key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
+                          for key_id, (key, layout, geometry) in {**train, **evaluate}.items()})
+  plan = autotune.tune(train, jax.device_count(), log=logging.info)
+  twins = {dataclasses.replace(key, batch=0): plan.choices[key_id] for key_id, (key, _, _) in train.items()}
+  alone = {}
+  for key_id, value in evaluate.items():
+    twin = twins.get(dataclasses.replace(value[0], batch=0))
+    if twin is None:
+      alone[key_id] = value
+    else:
+      plan.choices[key_id] = autotune.Choice(*(twin.forward,) * 3)
+  plan.choices.update(autotune.tune(alone, jax.device_count(), passes=('forward',),
+                                    log=logging.info).choices)
+  return plan
 
 
 def _broadcast(plan: autotune.Plan) -> autotune.Plan:

@@ -136,8 +136,11 @@ def test_measure_times_every_candidate_of_every_pass():
   times = autotune.measure(layout, geometry, 2, jnp.float32, repeats=1, workers=2)
   assert set(times) == set(autotune.PASSES)
   for which in autotune.PASSES:
-    assert {'dense', 'shifts', 'kxk:grouped', 'kxk:taps', 'mix:grouped+einsum',
+    assert {'dense', 'shifts', 'kxk:grouped1', 'kxk:taps', 'mix:grouped+einsum',
             'mix:grouped+matmul'} <= set(times[which])
+    # XLA:CPU's grouped-convolution weight gradient is known to be slow: not timed there.
+    assert ('kxk:grouped' in times[which]) == (which != 'weight_grad' or
+                                               jax.default_backend() != 'cpu')
     assert all(ms > 0 for ms in times[which].values())
     name, ms = autotune.best(times[which])
     lowerings.check(name, layout)

@@ -140,21 +140,22 @@ def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice
 def rule(key: LayerKey, layout: Layout) -> Choice:
   """The cost rule used where nothing was measured.
 
-  From the measurements in benchmarks/results/: on CPU, XLA's grouped
-  convolution is slow in its gradients (the weight gradient is rewritten into
-  a much larger dense computation), the masked dense kernel costs what a
-  dense convolution costs, and shifted-window matmuls win for wide groups.
-  On GPU the grouped convolution wins the forward pass from about 32
-  channels per group, and the masked dense kernel is never slower than dense.
+  From the measurements in benchmarks/results/ (2026-11-27). On CPU,
+  shifted-window matmuls over the kept positions ('taps') win the weight
+  gradient of every SSC layer measured there but the 32-channel one with two
+  groups, whose passes all favour the masked dense kernel, and with the mix
+  as a masked matmul they win the forward pass from 4 groups on. On GPU
+  there were too few measurements for more than the masked dense kernel,
+  which costs what a dense convolution costs.
   """
   s = layout.structure
-  if s.g is None or s.g == 1:
-    return lowerings.as_choice('grouped' if s.g == 1 else 'grouped+matmul')
-  per_group = min(s.in_features, s.features) // s.g
-  if key.platform == 'cpu':
-    return lowerings.as_choice('taps' if per_group >= 16 and s.g >= 4 else 'dense')
-  forward = 'grouped+matmul' if per_group >= 32 else 'dense'
-  return Choice(forward, 'dense', 'dense')
+  if s.g is None:
+    return lowerings.as_choice('grouped+matmul')
+  if key.platform != 'cpu':
+    return lowerings.as_choice('dense')
+  if s.g == 1 or (min(s.in_features, s.features) <= 32 and s.g <= 2):
+    return lowerings.as_choice('dense')
+  return Choice('taps+matmul' if s.g >= 4 else 'taps', 'taps', 'taps')
 
 
 # --- the cache file -----------------------------------------------------------
@@ -221,6 +222,18 @@ def _part_layouts(layout: Layout) -> List[Tuple[str, Layout, List[str]]]:
   return parts
 
 
+def _known_slow(name: str, which: str, layout: Layout) -> bool:
+  """Candidates not worth timing: on CPU, the weight gradient of a grouped convolution.
+
+  JAX emits it as a convolution with batch_group_count > 1, which XLA:CPU
+  rewrites into a far larger dense computation (10-1000x a dense
+  convolution's time in benchmarks/results/); timing it would cost seconds.
+  """
+  groups = lowerings.physical_groups(name, layout)
+  return (which == 'weight_grad' and jax.default_backend() == 'cpu'
+          and groups is not None and groups > 1)
+
+
 def _pass_fn(name: str, layout: Layout, geometry: Geometry, which: str) -> Callable:
   """(x, kernel, mix, dy) -> the pass `which` of lowering `name`."""
   run = lambda x, k, m: lowerings.run(name, x, k, m, layout, geometry, None)
@@ -245,7 +258,7 @@ def _inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
   return jax.device_put((x, kernel, mix, dy), jax.devices()[0])
 
 
-def _median_ms(compiled, args, repeats: int, calls: int = 4) -> float:
+def _median_ms(compiled, args, repeats: int, calls: int = 3) -> float:
   """Median ms of one call; each sample dispatches `calls` calls before waiting, so
   that the host's dispatch overlaps the device work as it does inside a step."""
   jax.block_until_ready(compiled(*args))  # warm-up
@@ -260,7 +273,7 @@ def _median_ms(compiled, args, repeats: int, calls: int = 4) -> float:
 
 
 def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
-            passes: Tuple[str, ...] = PASSES, repeats: int = 5,
+            passes: Tuple[str, ...] = PASSES, repeats: int = 3,
             workers: Optional[int] = None) -> Dict[str, Dict[str, float]]:
   """Milliseconds of every candidate for each pass: {pass: {name: ms}}.
 
@@ -273,7 +286,8 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
   for which in passes:
     jobs += [(which, name, layout) for name in lowerings.WHOLE]
     for part, part_layout, names in _part_layouts(layout):
-      jobs += [(which, f'{part}:{name}', part_layout) for name in names]
+      jobs += [(which, f'{part}:{name}', part_layout) for name in names
+               if not _known_slow(name, which, part_layout)]
 
   def compile_job(job):
     which, label, job_layout = job

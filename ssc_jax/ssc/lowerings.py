@@ -207,6 +207,14 @@ def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
                      f'g={g}')
 
 
+def physical_groups(name: str, layout: Layout) -> Optional[int]:
+  """The groups of the KxK convolution that lowering `name` runs (None: no grouped conv)."""
+  match = _NAME.match(name)
+  if not match or match.group(1) == 'taps' or layout.kernel is None:
+    return None
+  return int(match.group(2) or layout.structure.g)
+
+
 def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layout: Layout,
         geometry: Geometry, precision) -> Array:
   """The layer (no bias) on a (B, H, W, M) input by the lowering `name`."""
@@ -215,10 +223,10 @@ def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layo
   match = _NAME.match(name)
   parts = []
   if layout.kernel is not None:
-    if match.group(1) == 'taps':
+    groups = physical_groups(name, layout)
+    if groups is None:
       parts.append(_tap_matmuls(x, kernel, layout.kernel, geometry, precision))
     else:
-      groups = int(match.group(2) or layout.structure.g)
       parts.append(_grouped_conv(x, kernel, layout.kernel, geometry, precision, groups))
   if layout.mix is not None:
     mix_fn = _mix_matmul if match.group(4) == 'matmul' else _mix_einsum
