@@ -109,14 +109,21 @@ def show(text: str) -> None:
 # --- candidates --------------------------------------------------------------
 
 
-def _mix_share(groups: List[tickets.SettingsGroup], combination: tickets.Combination) -> float:
-  """The part of the (g, p) layers' kept count in their 1x1 mixing part."""
-  kept = mixing = 0
-  for group, (count, setting) in zip(groups, combination.choice):
-    if group.field == G_P:
-      kept += count
-      mixing += group.mixing(setting)
-  return mixing / kept
+def _mix_shares(groups: List[tickets.SettingsGroup],
+                pool: Sequence[tickets.Combination]) -> List[float]:
+  """Of each combination: the part of the (g, p) layers' kept count in their 1x1 mixing part."""
+  mixing: Dict[Tuple[int, tickets.Setting], int] = {}
+  shares = []
+  for combination in pool:
+    kept = mixed = 0
+    for index, (group, (count, setting)) in enumerate(zip(groups, combination.choice)):
+      if group.field == G_P:
+        if (index, setting) not in mixing:
+          mixing[index, setting] = group.mixing(setting)
+        kept += count
+        mixed += mixing[index, setting]
+    shares.append(mixed / kept)
+  return shares
 
 
 def spread(scores: Sequence[tuple], shares: Sequence[float], preferred: Sequence[bool],
@@ -161,7 +168,7 @@ def propose(config: ml_collections.ConfigDict, target: float, n: int, metric: st
           f'--target={target}: no per-filter-count (g, p) of {config.model.name} with taps '
           f'{pattern!r} keeps that fraction of its {_WHAT[metric]} within '
           f'{tickets.TOLERANCE}; its settings keep {low:.4f} to {high:.4f}{near}')
-    shares = [_mix_share(groups, c) for c in pool]
+    shares = _mix_shares(groups, pool)
     taken = spread([c.score for c in pool], shares, [c.preferred for c in pool], n)
     for i in sorted(taken, key=lambda i: shares[i]):
       found.append((pattern, pool[i].settings, pool[i].fraction, shares[i], i == taken[0]))
@@ -340,7 +347,7 @@ class Search:
     results: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in self.candidates}
     self._show_plan()
     survivors = list(self.candidates)
-    for rung, steps in enumerate(self.steps):
+    for rung in range(len(self.steps)):
       for candidate in survivors:
         if self._mine(candidate) or self._record_path(candidate, rung).exists():
           results[candidate.name].append(self._train(candidate, rung))
@@ -389,16 +396,13 @@ class Search:
     rows = [self._row(c, results[c.name]) for c in ranked]
     trained = sum(row['steps'] for row in rows)
     wall = sum(row['wall_time_s'] for row in rows)
-    missing_s = [(self.total_steps - row['steps']) * self.batch_size / row['images_per_second']
-                 for row in rows if row['images_per_second']]
     result = {
         'command': self.command, 'config_file': self.config_file, **self.request,
         'model': self.config.model.name, 'dataset': self.config.dataset,
         'rung_sizes': self.sizes, 'rung_steps': self.steps, 'ranked': rows,
         'best': rows[0], 'steps_trained': trained,
         'full_steps': self.total_steps * len(rows), 'wall_time_s': wall,
-        'full_wall_time_s_estimate': wall + sum(missing_s) if len(missing_s) == len(rows)
-                                     else None,
+        'full_wall_time_s_estimate': self._full_wall_time(results),
     }
     result = _json(result)
     _write(self.dir / 'search.json', json.dumps(result, indent=2) + '\n')
@@ -408,6 +412,18 @@ class Search:
     show(f'best: {rows[0]["candidate"]}; train it with the full recipe: python -m '
          f'ssc_jax.main --config={self.dir / "best_config.py"} --workdir=WORKDIR')
     return result
+
+  def _full_wall_time(self, results: Dict[str, List[Dict[str, Any]]]) -> Optional[float]:
+    """Wall time `full` would take: each candidate's first run (start-up and compiling
+    included), then its remaining steps at that run's measured speed."""
+    seconds = 0.0
+    for records in results.values():
+      first = records[0]
+      if not first['images_per_second']:
+        return None
+      seconds += first['wall_time_s'] + (self.total_steps - first['steps']) * (
+          self.batch_size / first['images_per_second'])
+    return seconds
 
 
 def _rank_key(candidate: Candidate, record: Dict[str, Any]) -> tuple:
@@ -460,9 +476,12 @@ def format_markdown(result: Dict[str, Any]) -> str:
             f'{result["wall_time_s"]:.1f} s')
   if result['strategy'] == 'halving' and result['full_wall_time_s_estimate']:
     saved = result['full_wall_time_s_estimate'] - result['wall_time_s']
-    footer += (f' (strategy full: about {result["full_wall_time_s_estimate"]:.1f} s at the '
-               f'measured training speeds; halving saves {saved:.1f} s and '
-               f'{1 - result["steps_trained"] / result["full_steps"]:.0%} of the steps)')
+    footer += (f'; strategy full: about {result["full_wall_time_s_estimate"]:.1f} s (each '
+               "candidate's first run, then its remaining steps at the speed measured there). "
+               f'Halving saves {1 - result["steps_trained"] / result["full_steps"]:.0%} of the '
+               'steps and ' + (f'{saved:.1f} s' if saved >= 0 else
+                               f'costs {-saved:.1f} s more: restarting the continued runs '
+                               'outweighs the steps saved'))
   return '\n'.join(lines + ['', footer + '.']) + '\n'
 
 

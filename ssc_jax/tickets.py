@@ -253,12 +253,12 @@ def reachable(groups: List[SettingsGroup], fixed: int) -> Tuple[float, float]:
 
 
 def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
-          target: float, network: str, what: str = 'weights') -> Ticket:
-  """Per-filter-count settings that keep `target` of the network's weights (or MACs).
+          target: float, network: str) -> Ticket:
+  """Per-filter-count settings that keep `target` of the network's weights.
 
   `counts`, `groups` and `fixed` come from `ssc_jax.budget.settings_groups`;
-  `network` names it in errors, `what` the count. The lowest score of the
-  preferred `combinations` wins (the first on ties).
+  `network` names it in errors. The lowest score of the preferred
+  `combinations` wins (the first on ties).
 
   Raises ValueError if no setting lands within `TOLERANCE` of the target.
   """
@@ -268,7 +268,7 @@ def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed
     low, high = reachable(groups, fixed)
     closest = '' if best is None else f'; closest: {best.fraction:.4f}'
     raise ValueError(f'config.model.ticket={target}: no per-filter-count (g, p) of '
-                     f'{network} keeps that fraction of its {what} within '
+                     f'{network} keeps that fraction of its weights within '
                      f'{TOLERANCE} (its settings keep {low:.4f} to {high:.4f}{closest})')
   return Ticket(best.settings, best.fraction, target)
 

@@ -262,7 +262,8 @@ def test_search_ranks_candidates_on_validation_only(searched):
     assert summary['validation_accuracy'] == row['validation_accuracy']
   table = (workdir / 'search.md').read_text()
   assert table.count('\n| ') == 4 and '| 1 | ' + ranked[0]['candidate'] in table
-  assert 'Steps trained: 50 of the 60' in table and 'halving saves' in table
+  assert 'Steps trained: 50 of the 60' in table and 'Halving saves 17% of the steps' in table
+  assert result['full_wall_time_s_estimate'] > 0
 
 
 def test_best_config_loads_checks_and_trains(searched, tmp_path):
