@@ -1,26 +1,39 @@
-"""SSCConv speed per implementation against a dense convolution.
+"""SSC layer speed: every distinct SSC layer shape of the seed configs against a dense conv.
 
-Prints forward and forward+backward milliseconds (median of repeats, warm-up
-and compilation excluded) for layer shapes of the paper's CIFAR networks:
+    python benchmarks/layer_speed.py [--configs=cifar10_resnet32_10,imagenet_r50_40]
+        [--batch=N] [--dtype=float32|bfloat16] [--repeats=10] [--lowerings=all|auto|NAMES]
+        [--out=FILE]
 
-    python benchmarks/layer_speed.py [--batch 128] [--repeats 10]
+For each distinct SSC layer (channels, kernel, strides, input size, g, p,
+taps) of the named configs at their batch size (or --batch) and dataset
+input size: the dense KxK convolution of the same shape (`lax.conv`), each
+lowering of `ssc_jax.ssc.lowerings.candidates` (--lowerings=all, or a comma
+list of names), and 'auto', the autotuner's per-pass choice
+(`ssc_jax.ssc.autotune.tune`, cached in its cache file), each as forward and
+forward+backward milliseconds (median of --repeats, warm-up and compilation
+excluded), with the layer's MAC fraction (its ideal time ratio). Prints a
+markdown table headed by the machine, card, versions and date. A dense
+layer of a config (g = 1, full taps) is not an SSC layer and is skipped.
 """
 
 import argparse
 import datetime
 import platform
+import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax import lax
 
-from ssc_jax import SSCConv
+from ssc_jax import budget
+from ssc_jax import config_lib
+from ssc_jax import models
+from ssc_jax.ssc import autotune
+from ssc_jax.ssc import lowerings
 
-# (M = N, spatial size, g, p): layers of cifar10_resnet32_10 / cifar10_vgg19_10 and a 64-group one.
-SHAPES = [(32, 32, 2, 2), (64, 16, 4, 4), (128, 8, 15, 4), (256, 8, 4, 2), (512, 4, 16, 2),
-          (512, 4, 64, 25)]
-IMPLEMENTATIONS = ('grouped', 'taps', 'dense')
+SEED_CONFIGS = sorted(p.stem for p in budget.CONFIG_DIR.glob('*.py')
+                      if p.stem != 'default' and not p.stem.endswith('_dense'))
 
 
 def median_ms(fn, args, repeats: int) -> float:
@@ -30,39 +43,97 @@ def median_ms(fn, args, repeats: int) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
+  return 1000 * statistics.median(times)
 
 
-def time_layer(module, x, repeats):
-  variables = module.init(jax.random.key(1), x)
-  forward = jax.jit(module.apply)
-  backward = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
-  return median_ms(forward, (variables, x), repeats), median_ms(backward, (variables, x), repeats)
+def config_layers(name: str, batch: int, dtype: str):
+  """{key id: (key, layout, geometry)} of the SSC layers of one config's train step."""
+  config = config_lib.load_config_module(budget.CONFIG_DIR / f'{name}.py').get_config()
+  if dtype:
+    config.model.dtype = dtype
+  num_classes, image_shape = budget.dataset_facts(config.dataset)
+  model = models.create_model(budget.resolve_ticket(config.model, num_classes, image_shape[-1]),
+                              num_classes)
+  x = jax.ShapeDtypeStruct((batch or config.batch_size,) + image_shape, jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  layers = autotune.layers_of(
+      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
+  return {k: v for k, v in layers.items()
+          if not (v[1].structure.g == 1 and v[1].structure.taps == 'full')}
+
+
+def time_fn(fn, key: autotune.LayerKey, layout, geometry, repeats: int):
+  """(forward ms, forward+backward ms) of fn(x, kernel, mix) on random inputs."""
+  x, kernel, mix, dy = autotune._inputs(layout, geometry, key.batch, key.dtype)  # pylint: disable=protected-access
+  forward = jax.jit(fn)
+  backward = jax.jit(jax.grad(lambda x, k, m: jnp.sum(fn(x, k, m) * dy), argnums=(0, 1, 2)))
+  return median_ms(forward, (x, kernel, mix), repeats), median_ms(backward, (x, kernel, mix), repeats)
+
+
+def dense_conv_ms(key: autotune.LayerKey, geometry, repeats: int):
+  """(forward, forward+backward) ms of the dense convolution of the layer's shape."""
+  kernel = jax.random.normal(jax.random.key(1), key.kernel_size + (key.in_features, key.features),
+                             key.dtype)
+
+  def conv(x, k, _):
+    return lax.conv_general_dilated(x, k, geometry.strides, geometry.pads,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  x = jax.random.normal(jax.random.key(0), (key.batch,) + geometry.input_size + (key.in_features,),
+                        key.dtype)
+  dy = jax.random.normal(jax.random.key(2), (key.batch,) + geometry.output_size + (key.features,),
+                         key.dtype)
+  forward = jax.jit(conv)
+  backward = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, None) * dy), argnums=(0, 1)))
+  return median_ms(forward, (x, kernel, None), repeats), median_ms(backward, (x, kernel), repeats)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--configs', default=','.join(SEED_CONFIGS))
+  parser.add_argument('--batch', type=int, default=0, help='0: each config\'s batch size')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--lowerings', default='all',
+                      help="'all' candidates, 'auto' (only the tuned choice) or a comma list")
+  parser.add_argument('--out', default=None, help='also write the table to this file')
   args = parser.parse_args()
+  layers = {}
+  for name in args.configs.split(','):
+    for key_id, value in config_layers(name, args.batch, args.dtype).items():
+      layers.setdefault(key_id, value + (name,))
   device = jax.devices()[0]
-  print(f'# {datetime.date.today()} {platform.node()} jax {jax.__version__} '
-        f'{device.platform} {device.device_kind} x{jax.device_count()}, batch {args.batch}, '
-        f'median of {args.repeats}')
-  print(f'{"M=N":>5} {"HxW":>6} {"g":>3} {"p":>3} | {"dense conv":>17} | '
-        + ' | '.join(f'{name:>17}' for name in IMPLEMENTATIONS) + ' |  auto')
-  print(f'{"":>5} {"":>6} {"":>3} {"":>3} | {"fwd / fwd+bwd ms":>17} |')
-  for channels, size, g, p in SHAPES:
-    x = jax.random.normal(jax.random.key(0), (args.batch, size, size, channels))
-    dense = time_layer(SSCConv(channels, 3, g=1, use_bias=False), x, args.repeats)
+  lines = [f'# layer speed, {datetime.date.today()}: {platform.node()}, jax {jax.__version__}, '
+           f'{device.platform} {device.device_kind} x{jax.device_count()}, {args.dtype}, '
+           f'median of {args.repeats}; fwd / fwd+bwd ms; {len(layers)} layer shapes of '
+           f'{args.configs}', '',
+           '| first config | batch | HxW | M->N | stride | g | p | taps | MAC fraction '
+           '| dense conv | lowering: fwd / fwd+bwd ms | auto (fwd, dx, dw) | auto / dense, fwd+bwd |',
+           '|---|---:|---|---|---:|---:|---:|---|---:|---:|---|---|---:|']
+  print('\n'.join(lines), flush=True)
+  for key_id, (key, layout, geometry, name) in layers.items():
+    structure = layout.structure
+    dense = dense_conv_ms(key, geometry, args.repeats)
+    names = (lowerings.candidates(layout) if args.lowerings == 'all' else
+             [] if args.lowerings == 'auto' else args.lowerings.split(','))
     cells = []
-    for implementation in IMPLEMENTATIONS:
-      module = SSCConv(channels, 3, g=g, p=p, use_bias=False, implementation=implementation)
-      cells.append('{:7.1f} / {:7.1f}'.format(*time_layer(module, x, args.repeats)))
-    auto = SSCConv(channels, 3, g=g, p=p)._implementation(  # pylint: disable=protected-access
-        SSCConv(channels, 3, g=g, p=p).structure(channels))
-    print(f'{channels:>5} {size:>3}x{size:<2} {g:>3} {p:>3} | {dense[0]:7.1f} / {dense[1]:7.1f} | '
-          + ' | '.join(cells) + f' | {auto}')
+    for lowering in names:
+      fn = lambda x, k, m, lowering=lowering: lowerings.run(lowering, x, k, m, layout, geometry, None)
+      cells.append('{}: {:.2f} / {:.2f}'.format(lowering, *time_fn(fn, key, layout, geometry,
+                                                                 args.repeats)))
+    choice = autotune.tune({key_id: (key, layout, geometry)}).choices[key_id]
+    auto = time_fn(lambda x, k, m: lowerings.apply(choice, x, k, m, layout, geometry, None),
+                   key, layout, geometry, args.repeats)
+    row = (f'| {name} | {key.batch} | {key.input_size[0]}x{key.input_size[1]} | '
+           f'{key.in_features}->{key.features} | {key.strides[0]} | {key.g} | {key.p} | {key.taps} '
+           f'| {structure.num_weights / structure.num_dense_weights:.3f} '
+           f'| {dense[0]:.2f} / {dense[1]:.2f} | {"<br>".join(cells) or "-"} '
+           f'| {auto[0]:.2f} / {auto[1]:.2f} ({", ".join(choice)}) | {auto[1] / dense[1]:.2f}x |')
+    lines.append(row)
+    print(row, flush=True)
+  if args.out:
+    with open(args.out, 'a') as f:
+      f.write('\n'.join(lines) + '\n\n')
 
 
 if __name__ == '__main__':

@@ -12,4 +12,5 @@ from ssc_jax import config_lib
 
 def get_config():
   config = config_lib.tiny_imagenet('vgg19')
+  config.lowering = 'grouped'  # plain convolutions (g = 1), as nn.Conv
   return config

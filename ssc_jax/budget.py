@@ -31,6 +31,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from ssc_jax import config_lib
+from ssc_jax import console
+from ssc_jax import errors
 from ssc_jax import models
 from ssc_jax import ssc
 from ssc_jax import tickets
@@ -269,7 +271,7 @@ def main(argv):
   try:
     _report(config)
   except ValueError as error:  # a setting the network cannot take: say which
-    raise SystemExit(f'error: {error}') from None
+    raise errors.ConfigError(str(error)) from None
 
 
 def _report(config) -> None:
@@ -300,4 +302,4 @@ def _report(config) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  console.run(main)

@@ -18,6 +18,7 @@ import ml_collections
 
 from ssc_jax import optim
 from ssc_jax.data import specs
+from ssc_jax.errors import ConfigError  # a user error: one line on the command line
 
 # Learning-rate recipes of the paper's supplementary (epochs, boundaries).
 CIFAR_RECIPE = dict(num_epochs=250, lr_boundaries_epochs=(100, 150, 200))
@@ -76,6 +77,11 @@ def base() -> ml_collections.ConfigDict:
   config.model.taps = 'full'
   config.model.init = 'he'  # he | grasp (the paper's, after GraSP); see ssc_jax/models/conv.py
   config.model.zero_init_residual = True  # ResNet-50: each block's last BatchNorm scale starts at 0
+
+  # How SSC layers run (ssc_jax/tuning.py): 'auto' chooses per layer and pass, or one
+  # lowering for every layer ('dense', 'grouped', 'taps+matmul', ...; ssc_jax/ssc/lowerings.py).
+  config.lowering = 'auto'
+  config.autotune = True  # 'auto': measure unknown layer shapes (False: the cost rule)
 
   # Optimisation (SGD as in the paper).
   config.optimizer = 'sgd'
@@ -173,38 +179,38 @@ _CHOICES = {
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming any key `base()` does not declare or any value out of range."""
+  """Raises ConfigError naming any key `base()` does not declare or any value out of range."""
   unknown = _unknown_keys(config, base())
   if unknown:
-    raise ValueError(f'config: unknown key(s) {", ".join(unknown)}; every key must be one '
+    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; every key must be one '
                      'that ssc_jax/config_lib.py:base() declares')
   for key, choices in _CHOICES.items():
     if config[key] not in choices:
-      raise ValueError(f'config.{key}={config[key]!r} must be one of {choices}')
+      raise ConfigError(f'config.{key}={config[key]!r} must be one of {choices}')
   if config.model.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"config.model.dtype={config.model.dtype!r} must be 'float32' or 'bfloat16'")
+    raise ConfigError(f"config.model.dtype={config.model.dtype!r} must be 'float32' or 'bfloat16'")
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'eval_every_epochs', 'num_epochs'):
     if not isinstance(config[key], int) or config[key] < 1:
-      raise ValueError(f'config.{key}={config[key]!r} must be a positive int')
+      raise ConfigError(f'config.{key}={config[key]!r} must be a positive int')
   boundaries = list(config.lr_boundaries_epochs)
   if boundaries != sorted(set(boundaries)) or any(b <= 0 for b in boundaries):
-    raise ValueError(f'config.lr_boundaries_epochs={config.lr_boundaries_epochs!r} must be '
+    raise ConfigError(f'config.lr_boundaries_epochs={config.lr_boundaries_epochs!r} must be '
                      'positive and strictly increasing')
   if config.warmup_epochs < 0:
-    raise ValueError(f'config.warmup_epochs={config.warmup_epochs!r} must be >= 0')
+    raise ConfigError(f'config.warmup_epochs={config.warmup_epochs!r} must be >= 0')
   if boundaries and config.warmup_epochs > boundaries[0]:
-    raise ValueError(f'config.warmup_epochs={config.warmup_epochs!r} is longer than the first '
+    raise ConfigError(f'config.warmup_epochs={config.warmup_epochs!r} is longer than the first '
                      f'of config.lr_boundaries_epochs={config.lr_boundaries_epochs!r}; the '
                      'warm-up must end by the first learning-rate decay')
   if not 0.0 <= config.validation_fraction < 1.0:
-    raise ValueError(f'config.validation_fraction={config.validation_fraction!r} must be in [0, 1)')
+    raise ConfigError(f'config.validation_fraction={config.validation_fraction!r} must be in [0, 1)')
   if not config.eval_test and (config.full_train or not config.validation_fraction):
-    raise ValueError('config.eval_test=False evaluates the validation split only: it needs '
-                     'config.full_train=False and config.validation_fraction > 0 (got '
-                     f'{config.full_train}, {config.validation_fraction})')
+    raise ConfigError('config.eval_test=False evaluates the validation split only: it needs '
+                      'config.full_train=False and config.validation_fraction > 0 (got '
+                      f'{config.full_train}, {config.validation_fraction})')
   if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
-    raise ValueError('config: learning_rate must be > 0, weight_decay >= 0 and momentum in '
+    raise ConfigError('config: learning_rate must be > 0, weight_decay >= 0 and momentum in '
                      f'[0, 1) (got {config.learning_rate}, {config.weight_decay}, {config.momentum})')
 
 

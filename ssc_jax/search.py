@@ -31,8 +31,9 @@ schedule, so a finalist ends exactly as under `full`.
 DIR holds `search.json` and `search.md` (the ranked table), `best_config.py`
 (the winner with the config's full recipe: `python -m ssc_jax.main
 --config=DIR/best_config.py --workdir=...`), `command.json` (what the search
-was asked) and `candidates/<name>/` (each candidate's workdir and its result
-per rung, `rung<r>.json`). Rerunning the same command continues a killed
+was asked), `run.log` (the full log of the command line) and
+`candidates/<name>/` (each candidate's workdir and its result per rung,
+`rung<r>.json`). Rerunning the same command continues a killed
 search: finished rungs are read back, a half-trained run resumes from its
 checkpoint. A different command on the same DIR is refused, naming what
 differs. `--shard=i/n` trains only the candidates whose index is i modulo n
@@ -40,12 +41,15 @@ differs. `--shard=i/n` trains only the candidates whose index is i modulo n
 `--shard` gathers them, trains what is missing and writes the outputs. The
 command line keeps compiled programs in `DIR/compile_cache` (JAX's persistent
 cache) unless JAX already has a cache directory, so continued runs do not
-compile again.
+compile again. The console shows the table as it fills; the candidates' own
+output goes to `DIR/run.log` (on the console too with --verbosity=0).
 """
 
+import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
@@ -62,6 +66,8 @@ from ml_collections import config_flags
 
 from ssc_jax import budget
 from ssc_jax import config_lib
+from ssc_jax import console
+from ssc_jax import errors
 from ssc_jax import tickets
 from ssc_jax import train
 from ssc_jax.data import partition
@@ -77,6 +83,10 @@ _SEARCH_KEYS = ('target', 'candidates', 'epochs', 'metric', 'strategy', 'taps')
 
 class SearchInterrupted(RuntimeError):
   """A candidate's run stopped on SIGTERM; its checkpoint is saved."""
+
+
+class ChangedSearchError(errors.UserError, ValueError):
+  """DIR holds a search that another command started."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +112,22 @@ class Candidate:
 
 
 def show(text: str) -> None:
-  """Prints what the search tells its user (the table as it fills)."""
-  print(text, flush=True)
+  """Shows what the search tells its user (the table as it fills) on the console."""
+  console.show('%s', text)
+
+
+@contextlib.contextmanager
+def _console_warnings_only():
+  """Within: the console shows warnings and errors only (the log file still gets all)."""
+  handlers = [h for h in logging.getLogger().handlers if getattr(h, 'ssc_console', False)]
+  warnings_only = lambda record: record.levelno >= logging.WARNING
+  for handler in handlers:
+    handler.addFilter(warnings_only)
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      handler.removeFilter(warnings_only)
 
 
 # --- candidates --------------------------------------------------------------
@@ -145,7 +169,7 @@ def propose(config: ml_collections.ConfigDict, target: float, n: int, metric: st
             taps: Sequence[str]) -> List[Candidate]:
   """`n` candidates per pattern of `taps` that keep `target` of the `metric`.
 
-  Raises ValueError naming the reachable range where no setting is within
+  Raises ConfigError naming the reachable range where no setting is within
   `tickets.TOLERANCE` of the target.
   """
   num_classes, input_shape = budget.dataset_facts(config.dataset)
@@ -164,7 +188,7 @@ def propose(config: ml_collections.ConfigDict, target: float, n: int, metric: st
       low, high = tickets.reachable(groups, fixed)
       closest = min(combos, key=lambda c: abs(c.fraction - target), default=None)
       near = f'; the closest keeps {closest.fraction:.4f}' if closest else ''
-      raise ValueError(
+      raise errors.ConfigError(
           f'--target={target}: no per-filter-count (g, p) of {config.model.name} with taps '
           f'{pattern!r} keeps that fraction of its {_WHAT[metric]} within '
           f'{tickets.TOLERANCE}; its settings keep {low:.4f} to {high:.4f}{near}')
@@ -237,28 +261,31 @@ def _parse_shard(shard: Optional[str]) -> Optional[Tuple[int, int]]:
   try:
     i, n = (int(v) for v in shard.split('/'))
   except ValueError:
-    raise ValueError(f'--shard={shard!r} must be i/n with 0 <= i < n') from None
+    raise errors.ConfigError(f'--shard={shard!r} must be i/n with 0 <= i < n') from None
   if not 0 <= i < n:
-    raise ValueError(f'--shard={shard!r} must be i/n with 0 <= i < n')
+    raise errors.ConfigError(f'--shard={shard!r} must be i/n with 0 <= i < n')
   return i, n
 
 
 def check_request(config: ml_collections.ConfigDict, request: Dict[str, Any]) -> None:
-  """Raises ValueError naming any argument or config value the search cannot take."""
+  """Raises ConfigError naming any argument or config value the search cannot take."""
   config_lib.check_config(config)
   if not 0.0 < request['target'] <= 1.0:
-    raise ValueError(f"--target={request['target']} must be in (0, 1]")
+    raise errors.ConfigError(f"--target={request['target']} must be in (0, 1]")
   for key in ('candidates', 'epochs'):
     if not isinstance(request[key], int) or request[key] < 1:
-      raise ValueError(f'--{key}={request[key]!r} must be a positive int')
+      raise errors.ConfigError(f'--{key}={request[key]!r} must be a positive int')
   if request['metric'] not in METRICS:
-    raise ValueError(f"--metric={request['metric']!r} must be one of {METRICS}")
+    raise errors.ConfigError(f"--metric={request['metric']!r} must be one of {METRICS}")
   if request['strategy'] not in STRATEGIES:
-    raise ValueError(f"--strategy={request['strategy']!r} must be one of {STRATEGIES}")
+    raise errors.ConfigError(f"--strategy={request['strategy']!r} must be one of {STRATEGIES}")
   for pattern in request['taps']:
-    normalize_taps(pattern, (3, 3), '--taps')
+    try:
+      normalize_taps(pattern, (3, 3), '--taps')
+    except ValueError as error:
+      raise errors.ConfigError(str(error)) from None
   if not config.validation_fraction:
-    raise ValueError(f'config.validation_fraction={config.validation_fraction}: the search '
+    raise errors.ConfigError(f'config.validation_fraction={config.validation_fraction}: the search '
                      'ranks candidates on a validation split held out of train; it needs '
                      'validation_fraction > 0 (the paper holds out 0.1)')
 
@@ -280,9 +307,10 @@ class Search:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, request: Dict[str, Any],
                config_file: Optional[str] = None, command: Optional[str] = None,
-               shard: Optional[str] = None):
+               shard: Optional[str] = None, quiet_runs: bool = False):
     check_request(config, request)
     self.config = config
+    self.quiet_runs = quiet_runs
     self.request = request
     self.dir = pathlib.Path(workdir)
     self.config_file = config_file
@@ -308,7 +336,7 @@ class Search:
       saved = json.loads(path.read_text())
       differences = _differences(saved, current)
       if differences:
-        raise ValueError(f'{self.dir} holds a search started by another command: '
+        raise ChangedSearchError(f'{self.dir} holds a search started by another command: '
                          + '; '.join(differences) + '. Use a new --workdir, or the command '
                          f'that started it: {saved.get("command")}')
       self.command = saved.get('command') or self.command
@@ -325,7 +353,10 @@ class Search:
     if path.exists():
       return json.loads(path.read_text())
     config = proxy_config(self.config, candidate, self.request['epochs'], self.steps[rung])
-    summary = train.train_and_evaluate(config, str(path.parent))
+    if self.quiet_runs:
+      show(f'training {candidate.name} to step {self.steps[rung]} ...')
+    with _console_warnings_only() if self.quiet_runs else contextlib.nullcontext():
+      summary = train.train_and_evaluate(config, str(path.parent))
     if 'preempted_at_step' in summary:
       raise SearchInterrupted(
           f'{candidate.name} stopped at step {summary["preempted_at_step"]} (checkpoint saved); '
@@ -542,12 +573,14 @@ def search(config: ml_collections.ConfigDict, workdir: str, target: float, *,
            candidates: int = 4, epochs: Optional[int] = None, metric: str = 'kept',
            strategy: str = 'full', taps: Optional[Sequence[str]] = None,
            shard: Optional[str] = None, config_file: Optional[str] = None,
-           command: Optional[str] = None) -> Optional[Dict[str, Any]]:
+           command: Optional[str] = None, quiet_runs: bool = False) -> Optional[Dict[str, Any]]:
   """Runs (or continues) a search; returns search.json's content (None: a shard stopped).
 
   `epochs` defaults to a tenth of config.num_epochs (at least 1), `taps` to
   the config's pattern. `config_file` (the searched config's path) is where
   best_config.py starts from (else `config_lib.base()` with every difference).
+  `quiet_runs`: the console shows only warnings and errors of the candidates'
+  runs (their full output stays in the log).
   """
   request = {
       'target': target, 'candidates': candidates,
@@ -555,7 +588,7 @@ def search(config: ml_collections.ConfigDict, workdir: str, target: float, *,
       'metric': metric, 'strategy': strategy,
       'taps': list(taps) if taps else [config.model.taps],
   }
-  return Search(config, workdir, request, config_file, command, shard).run()
+  return Search(config, workdir, request, config_file, command, shard, quiet_runs).run()
 
 
 # --- command line --------------------------------------------------------------
@@ -594,10 +627,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   FLAGS = flags.FLAGS
   if config_flags.get_override_values(FLAGS['config']).get('full_train'):
-    raise SystemExit('error: --config.full_train=True: the search holds out '
-                     'config.validation_fraction of train as validation and never reads '
-                     'test; drop the override (best_config.py keeps the config\'s full_train)')
-  workdir = pathlib.Path(FLAGS.workdir)
+    raise errors.ConfigError(
+        '--config.full_train=True: the search holds out config.validation_fraction of train '
+        "as validation and never reads test; drop the override (best_config.py keeps the "
+        "config's full_train)")
+  workdir = train.prepare_workdir(FLAGS.workdir)
+  console.log_to_file(workdir, jax.process_index())
   if not jax.config.values['jax_compilation_cache_dir']:
     jax.config.update('jax_compilation_cache_dir', str(workdir / 'compile_cache'))
   argv_text = ' '.join(shlex.quote(a) for a in _without_shard(sys.argv[1:]))
@@ -605,11 +640,12 @@ def main(argv):
     search(FLAGS.config, str(workdir), FLAGS.target, candidates=FLAGS.candidates,
            epochs=FLAGS.epochs, metric=FLAGS.metric, strategy=FLAGS.strategy, taps=FLAGS.taps,
            shard=FLAGS.shard, config_file=config_flags.get_config_filename(FLAGS['config']),
-           command=f'python -m ssc_jax.search {argv_text}')
-  except (ValueError, SearchInterrupted) as error:
-    raise SystemExit(f'error: {error}') from None
+           command=f'python -m ssc_jax.search {argv_text}',
+           quiet_runs=not (FLAGS['verbosity'].present or FLAGS.alsologtostderr))
+  except SearchInterrupted as stopped:  # like the main job: a saved stop is no failure
+    show(str(stopped))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  console.run(main)

@@ -12,7 +12,7 @@ import json
 import signal
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -26,11 +26,15 @@ from etils import epath
 from ssc_jax import budget
 from ssc_jax import checkpointing
 from ssc_jax import config_lib
+from ssc_jax import console
 from ssc_jax import data
+from ssc_jax import errors
 from ssc_jax import metrics
 from ssc_jax import models
 from ssc_jax import optim
 from ssc_jax import sharding
+from ssc_jax import tuning
+from ssc_jax.ssc import autotune
 
 
 @flax.struct.dataclass
@@ -152,8 +156,8 @@ def prepare_workdir(workdir: str) -> epath.Path:
     probe.write_text('ok')
     probe.unlink()
   except OSError as error:
-    raise ValueError(f'--workdir={workdir!s}: cannot write there ({error}). Choose a '
-                     'directory this user can create and write.') from error
+    raise errors.WorkdirError(f'--workdir={workdir!s}: cannot write there ({error}). '
+                              'Choose a directory this user can create and write.') from error
   return path
 
 
@@ -200,9 +204,11 @@ def check_finite(pending: List[Tuple[int, jax.Array, jax.Array]], last_saved: Op
   pending.clear()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_changes: Sequence[str] = ()) -> Dict[str, Any]:
   """Trains and evaluates the model of `config`, resuming from `workdir`.
 
+  `allow_changes`: config keys a resume may change (see checkpointing.EXPERIMENT_KEYS).
   Returns the run's summary, also written to `<workdir>/summary.json`.
   """
   wall_start = time.time()
@@ -219,28 +225,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   tx = optim.create_optimizer(config, steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, steps_per_epoch)
 
-  checkpointer = checkpointing.Checkpointer(workdir, config)
+  checkpointer = checkpointing.Checkpointer(workdir, config, allow_changes)
   state = create_train_state(model, tx, spec.image_shape, jax.random.key(config.seed), mesh)
   state = checkpointer.restore(state)
   start_step = int(state.step)
 
   writer = metrics.create_writer(workdir)
+  console.show('Config, where it differs from config_lib.base():\n%s',
+               console.describe_config(config, config_lib.base()))
   if start_step == 0:
-    parameter_overview.log_parameter_overview(state.params)
+    console.show('Parameters:\n%s',
+                 parameter_overview.get_parameter_overview(state.params, max_lines=40))
     writer.write_hparams(config_lib.flatten(config))
-  logging.info('Training %s on %s: %d steps (%d per epoch), %d devices, from step %d.',
-               config.model.name, spec.name, num_steps, steps_per_epoch, jax.device_count(),
-               start_step)
+  console.show('Training %s on %s: %d steps (%d per epoch, batch %d), %d devices, from step %d.',
+               config.model.name, spec.name, num_steps, steps_per_epoch, config.batch_size,
+               jax.device_count(), start_step)
   if not spec.num_validation:
-    logging.info('No validation split (full_train=%s): training on all %d training examples, '
+    console.show('No validation split (full_train=%s): training on all %d training examples, '
                  'evaluating on test only.', config.full_train, spec.num_train)
 
+  plan, tuning_seconds = tuning.run_plan(config, model, spec.image_shape, workdir)
   p_train_step, p_eval_step = jit_steps(config, model, tx, mesh)
 
   try:
-    state, eval_results, throughput, preempted = _train_loop(
-        config, state, data_input, p_train_step, p_eval_step, checkpointer, writer, schedule,
-        num_steps, start_step)
+    with autotune.installed(plan):  # the steps are traced at their first call
+      state, eval_results, throughput, preempted = _train_loop(
+          config, state, data_input, p_train_step, p_eval_step, checkpointer, writer, schedule,
+          num_steps, start_step)
   finally:  # pending asynchronous saves and writes complete whatever happens
     checkpointer.close()
     writer.close()
@@ -250,9 +261,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
              if jax.process_index() == 0 else [])
   summary = _summary(config, spec, state, eval_results, history, steps_per_epoch, throughput,
                      time.time() - wall_start)
+  summary['lowering_tuning_s'] = tuning_seconds
   if jax.process_index() == 0:
     (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
-  logging.info('Summary: %s', summary)
+  console.show('Summary (%s):\n%s', workdir / 'summary.json', console.format_table(summary.items()))
   return summary
 
 
@@ -265,7 +277,7 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
   """
   steps_per_epoch = data_input.steps_per_epoch
   last_saved = checkpointer.latest_step()
-  progress = metrics.Progress(num_steps, writer, config.log_every_steps)
+  progress = metrics.Progress(num_steps, steps_per_epoch, config.batch_size, writer)
   train_metrics, pending_losses = None, []
   timed_steps, timed_seconds, timer = 0, 0.0, None
   eval_results: Dict[str, float] = {}
@@ -281,7 +293,6 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
         timer = time.perf_counter()
       else:
         timed_steps += 1
-      progress(step)
 
       epoch_end = step % steps_per_epoch == 0
       is_last = step == num_steps
@@ -299,10 +310,13 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
         scalars = {f'train_{k}': v for k, v in train_metrics.compute().items()}
         scalars['learning_rate'] = schedule(step - 1)
         writer.write_scalars(step, scalars)
+        progress.report(step, scalars, timed_steps, timed_seconds)
         train_metrics = None
       if eval_now:
         eval_results = _evaluate_splits(p_eval_step, state, data_input, config.eval_test)
         writer.write_scalars(step, {**eval_results, 'epoch': step / steps_per_epoch})
+        writer.write_histograms(step, state.params)
+        console.show(metrics.format_evaluation(step, step / steps_per_epoch, eval_results))
       if save_now or stop_now:
         checkpointer.save(step, state, force=stop_now)
         last_saved = step

@@ -508,7 +508,7 @@ def test_structure_arrays_are_read_only():
       getattr(structure, name)[0] = 0
   lay = layout_lib.layout(structure)
   with pytest.raises(ValueError, match='read-only'):
-    lay.kernel.conv_kernel_index[0] = 0
+    lay.kernel.physical(4).kernel_index[0] = 0
   copy = ssc_mask(16, 16, 3, 4, 2, 'cross')
   copy[:] = False  # ssc_mask hands out a copy
   assert ssc_structure(16, 16, 3, 4, 2, 'cross').mask.any()
@@ -569,7 +569,7 @@ def test_p_beyond_the_input_channels():
 
 
 def test_unknown_implementation():
-  with pytest.raises(ValueError, match=r"SSCConv 'c': implementation='cudnn' must be one of"):
+  with pytest.raises(ValueError, match=r"SSCConv 'c': implementation='cudnn': lowering 'cudnn' must be"):
     SSCConv(4, 3, g=2, implementation='cudnn', name='c').init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
 
 

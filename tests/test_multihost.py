@@ -42,7 +42,13 @@ def run_local(workdir, processes, devices, *flags, extra_env=None):
 
 
 def process_log(workdir, i):
+  """What process i printed (the launcher keeps it in logs/)."""
   return (pathlib.Path(workdir) / 'logs' / f'process_{i}.log').read_text()
+
+
+def run_log(workdir, i):
+  """The full log of process i: run.log (process 0), run.process<i>.log."""
+  return (pathlib.Path(workdir) / ('run.log' if i == 0 else f'run.process{i}.log')).read_text()
 
 
 def assert_close(a, b):
@@ -69,9 +75,14 @@ def runs(tmp_path_factory):
 
 
 def test_two_processes_match_one_process(runs):
-  log0, log1 = process_log(runs / 'two', 0), process_log(runs / 'two', 1)
+  log0, log1 = run_log(runs / 'two', 0), run_log(runs / 'two', 1)
   assert 'process 0 of 2, 2 local / 4 global devices' in log0
   assert 'process 1 of 2, 2 local / 4 global devices' in log1
+  # Only process 0 prints; both log everything.
+  console0, console1 = process_log(runs / 'two', 0), process_log(runs / 'two', 1)
+  for text in (console0, log0, log1):
+    assert 'step 10/10' in text and 'eval  step 10' in text and 'Summary' in text
+  assert 'step 10/10' not in console1 and 'Summary' not in console1
   # At step 5: later, max-pool ties on digits' flat regions may route a gradient
   # differently after a last-bit difference (see test_train.test_four_devices_match_one).
   assert_close(saved_params(runs / 'two', 5), saved_params(runs / 'one', 5))
@@ -103,7 +114,7 @@ def test_checkpoints_move_between_process_counts(runs):
   assert multi.returncode == 0, multi.stdout + multi.stderr
   log0 = process_log(to_two, 0)
   assert 'Resumed from' in log0 and 'from step 10' in log0
-  assert 'Resumed from' in process_log(to_two, 1)
+  assert 'Resumed from' in run_log(to_two, 1)
   for workdir in (to_one, to_two):
     assert json.loads((workdir / 'summary.json').read_text())['steps'] == 15
     params = saved_params(workdir, 15)

@@ -287,7 +287,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   process = run_main(tmp_path, *flags, wait=False)
   deadline = time.time() + 300
   for line in process.stdout:  # wait until training is under way
-    if 'steps_per_sec' in line or time.time() > deadline:
+    if 'img/s' in line or time.time() > deadline:
       break
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=120)

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssc_jax import errors
 from ssc_jax import ssc
 from ssc_jax.models.conv import INITS
 from ssc_jax.models.resnet_cifar import ResNet32
@@ -48,7 +49,7 @@ def filter_counts(model_config) -> Dict[str, Tuple[int, ...]]:
   if name == 'resnet50':
     return {'g_p': resnet_imagenet.FILTER_COUNTS,
             'p_1x1': resnet_imagenet.FILTER_COUNTS_1X1}
-  raise ValueError(f'config.model.name={name!r} must be one of {NETWORKS}')
+  raise errors.ConfigError(f'config.model.name={name!r} must be one of {NETWORKS}')
 
 
 def _entries(model_config, field: str, counts: Tuple[int, ...],
@@ -59,13 +60,13 @@ def _entries(model_config, field: str, counts: Tuple[int, ...],
     return (default,) * len(counts)
   value = tuple(value)
   if len(value) != len(counts):
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.model.{field}={value} has {len(value)} entries; '
         f'{model_config.name} needs one per filter count {counts}')
   for entry in value:
     if entry is not None and (isinstance(entry, bool) or not isinstance(entry, int)
                               or entry < 1):
-      raise ValueError(f'config.model.{field}={value}: entry {entry!r} must be '
+      raise errors.ConfigError(f'config.model.{field}={value}: entry {entry!r} must be '
                        'a positive int or None')
   return value
 
@@ -78,7 +79,7 @@ def resolve_settings(model_config) -> Settings:
   """
   counts = filter_counts(model_config)
   if model_config.ticket is not None:
-    raise ValueError(f'config.model.ticket={model_config.ticket} is set: solve it into '
+    raise errors.ConfigError(f'config.model.ticket={model_config.ticket} is set: solve it into '
                      'g and p with ssc_jax.budget.resolve_ticket(config.model, num_classes) '
                      'before building the model')
   settings = {'g': _entries(model_config, 'g', counts['g_p'], 1),
@@ -95,10 +96,10 @@ def create_model(model_config, num_classes: int) -> nn.Module:
   on (B, H, W, C) float images; it returns float32 logits.
   """
   if model_config.dtype not in _DTYPES:
-    raise ValueError(f'config.model.dtype={model_config.dtype!r} must be one of '
+    raise errors.ConfigError(f'config.model.dtype={model_config.dtype!r} must be one of '
                      f'{tuple(_DTYPES)}')
   if model_config.init not in INITS:
-    raise ValueError(f'config.model.init={model_config.init!r} must be one of {INITS}')
+    raise errors.ConfigError(f'config.model.init={model_config.init!r} must be one of {INITS}')
   taps = ssc.structure.normalize_taps(model_config.taps, (3, 3), 'config.model.taps')
   common: Dict[str, Any] = dict(
       num_classes=num_classes, dtype=_DTYPES[model_config.dtype], taps=taps,

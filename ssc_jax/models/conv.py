@@ -27,6 +27,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssc_jax import errors
 from ssc_jax import ssc
 
 G_P = 'g_p'
@@ -69,7 +70,7 @@ def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
       field = f'{_G_FIELD[setting]} / {_P_FIELD[setting]}'
     path = '/'.join(parent.path + (name,))
     where = f'{field} entry for {features} filters' if field else 'a dense layer'
-    raise ValueError(
+    raise errors.ConfigError(
         f'{where}: (g={g}, p={p}) cannot be used by layer {path!r} '
         f'(M={in_features} input, N={features} output channels, K={kernel_size}): '
         f'{error}') from None

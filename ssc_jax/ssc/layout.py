@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssc_jax.ssc.structure import SSCStructure
+from ssc_jax.ssc.structure import group_starts
 
 Array = jax.Array
 
@@ -54,10 +55,43 @@ def _index(shape: Tuple[int, ...], targets: Tuple[np.ndarray, ...], size: int) -
   return _read_only(index)
 
 
+_PLACEMENTS: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = {}
+
+
+def _placement(index: np.ndarray, size: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """(targets, entries) of an index into `size` entries: derived.ravel()[targets] = flat[entries].
+
+  Positions of `index` below `size` (the zero slot) hold one stored entry
+  each, and no entry appears twice. `entries` is None when it is every entry
+  in order.
+  """
+  cached = _PLACEMENTS.get((id(index), size))
+  if cached is None or cached[0] is not index:
+    flat = index.reshape(-1)
+    placed = np.flatnonzero(flat < size)
+    entries = flat[placed]
+    order = np.argsort(entries, kind='stable')
+    targets, entries = placed[order].astype(np.int32), entries[order]
+    assert len(np.unique(entries)) == len(entries)
+    every = len(entries) == size and np.array_equal(entries, np.arange(size))
+    cached = (index, targets, None if every else entries.astype(np.int32))
+    _PLACEMENTS[(id(index), size)] = cached
+  return cached[1], cached[2]
+
+
 def take_flat(stored: Array, index: np.ndarray) -> Array:
-  """stored.ravel() with a zero appended, gathered at `index`."""
-  flat = jnp.concatenate([stored.reshape(-1), jnp.zeros((1,), stored.dtype)])
-  return jnp.take(flat, jnp.asarray(index), mode='clip')
+  """The array of `index`'s shape holding stored.ravel()[i] where index is i, zeros elsewhere.
+
+  Built as a scatter of the stored entries to unique positions: its gradient
+  is a gather, with no accumulation into a shared zero slot (which, as a
+  scatter-add with colliding indices, runs serialised on GPUs).
+  """
+  flat = stored.reshape(-1)
+  targets, entries = _placement(index, flat.shape[0])
+  values = flat if entries is None else jnp.take(flat, jnp.asarray(entries), unique_indices=True)
+  out = jnp.zeros(index.size, stored.dtype).at[jnp.asarray(targets)].add(
+      values, unique_indices=True)
+  return out.reshape(index.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,54 +142,15 @@ class KernelLayout:
     self.size = len(self.entry_out)
     assert self.size == s.num_kernel_weights == int(np.prod(self.shape))
 
-  @property
-  def padded_groups(self) -> Tuple[int, int]:
-    """(inputs, outputs) per group of the padded grouped convolution."""
-    return self.max_in, self.max_out
-
-  def column(self, out: np.ndarray) -> np.ndarray:
-    """Column of output channels in the padded grouped layout (g * max_out)."""
-    s = self.structure
-    group = s.out_group[out]
-    return group * self.max_out + (out - s.out_starts[group])
-
   @functools.cached_property
   def fans(self) -> Fans:
     s = self.structure
     return Fans(s.fan_in[self.entry_out].reshape(self.shape),
                 s.fan_out[self.entry_in].reshape(self.shape))
 
-  @functools.cached_property
-  def conv_input_index(self) -> Optional[np.ndarray]:
-    """Channels gathered into the padded grouped input (None: identity).
-
-    A padding slot repeats its group's last channel; its weights are zero.
-    """
-    s = self.structure
-    in_sizes = np.diff(s.in_starts)
-    if np.all(in_sizes == self.max_in):
-      return None
-    local = np.minimum(np.arange(self.max_in)[None, :], in_sizes[:, None] - 1)
-    return _read_only((s.in_starts[:-1, None] + local).reshape(-1))
-
-  @functools.cached_property
-  def conv_output_index(self) -> Optional[np.ndarray]:
-    """Columns of the padded grouped output that are real outputs (None: all)."""
-    s = self.structure
-    if np.all(np.diff(s.out_starts) == self.max_out):
-      return None
-    return _read_only(self.column(np.arange(s.features)))
-
-  @functools.cached_property
-  def conv_kernel_index(self) -> Optional[np.ndarray]:
-    """(KH, KW, max_in, g * max_out) into the flat kernel; None if it is the kernel."""
-    s = self.structure
-    if s.taps == 'full' and s.kernel_divisible:
-      return None
-    kh, kw = s.kernel_size
-    shape = (kh * kw, self.max_in, s.g * self.max_out)
-    targets = (self.entry_position, self.entry_local, self.column(self.entry_out))
-    return _index(shape, targets, self.size).reshape((kh, kw) + shape[1:])
+  def physical(self, groups: int) -> 'PhysicalGroups':
+    """The KxK part as a padded grouped convolution with `groups` (a divisor of g) groups."""
+    return _physical(self, groups)
 
   @functools.cached_property
   def tap_classes(self) -> Tuple[TapClass, ...]:
@@ -200,16 +195,71 @@ class KernelLayout:
       return None
     return _read_only(where)
 
-  def padded_kernel(self, kernel: Array) -> Array:
-    """The stored kernel as the HWIO kernel of the padded grouped convolution."""
-    index = self.conv_kernel_index
-    return kernel if index is None else take_flat(kernel, index)
-
   def class_kernel(self, tap_class: TapClass, kernel: Array) -> Array:
     """(T, max_in, g * max_out) kernel of one tap class."""
     if tap_class.kernel_index is None:
       return kernel.reshape(len(tap_class.positions), self.max_in, -1)
     return take_flat(kernel, tap_class.kernel_index)
+
+
+class PhysicalGroups:
+  """The KxK part run as a grouped convolution with G groups, G dividing g.
+
+  Each of the G physical groups holds g/G logical groups whole (group
+  boundaries nest: floor(c*G/M) = floor(floor(c*g/M) / (g/G))); weights
+  between logical groups of one physical group are zeros. G = g is the
+  layer's own grouped convolution, G = 1 its masked dense KxK kernel. Unequal
+  groups are padded: a padding input repeats its group's last channel (its
+  weights are zero) and padding outputs are dropped.
+
+  Attributes:
+    groups: G.
+    max_in, max_out: channels per physical group, padded.
+    input_index: (G * max_in,) channels gathered into the padded input, or None.
+    output_index: (N,) the column of each output, or None when all columns are real.
+    kernel_index: (KH, KW, max_in, G * max_out) into the flat kernel (zero
+      slot past its end), or None when the stored kernel is that array.
+  """
+
+  def __init__(self, kernel_layout: KernelLayout, groups: int):
+    s = kernel_layout.structure
+    if groups < 1 or s.g % groups:
+      raise ValueError(f'physical groups={groups} must divide g={s.g}')
+    self.groups = groups
+    in_starts = group_starts(s.in_features, groups)
+    out_starts = group_starts(s.features, groups)
+    in_sizes, out_sizes = np.diff(in_starts), np.diff(out_starts)
+    self.max_in, self.max_out = int(in_sizes.max()), int(out_sizes.max())
+    self.input_index = None
+    if not np.all(in_sizes == self.max_in):
+      local = np.minimum(np.arange(self.max_in)[None, :], in_sizes[:, None] - 1)
+      self.input_index = _read_only((in_starts[:-1, None] + local).reshape(-1))
+
+    def column(out):
+      group = out * groups // s.features
+      return group * self.max_out + (out - out_starts[group])
+
+    self.output_index = None
+    if not np.all(out_sizes == self.max_out):
+      self.output_index = _read_only(column(np.arange(s.features)))
+    if s.taps == 'full' and s.kernel_divisible and groups == s.g:
+      self.kernel_index = None
+    else:
+      kl = kernel_layout
+      kh, kw = s.kernel_size
+      local_in = kl.entry_in - in_starts[kl.entry_out * groups // s.features]
+      shape = (kh * kw, self.max_in, groups * self.max_out)
+      targets = (kl.entry_position, local_in, column(kl.entry_out))
+      self.kernel_index = _index(shape, targets, kl.size).reshape((kh, kw) + shape[1:])
+
+  def kernel(self, stored: Array) -> Array:
+    """The stored kernel as this grouped convolution's HWIO kernel."""
+    return stored if self.kernel_index is None else take_flat(stored, self.kernel_index)
+
+
+@functools.lru_cache(maxsize=None)
+def _physical(kernel_layout: KernelLayout, groups: int) -> PhysicalGroups:
+  return PhysicalGroups(kernel_layout, groups)
 
 
 class MixLayout:
@@ -250,6 +300,16 @@ class MixLayout:
     """The stored mix as its (p, A, B) box, zeros where no weight is kept."""
     return mix if self.box_index is None else take_flat(mix, self.box_index)
 
+  @functools.cached_property
+  def matrix_index(self) -> np.ndarray:
+    """(M, N) into the flat mix (zero slot past its end): the masked dense 1x1 weight."""
+    s = self.structure
+    return _index((s.in_features, s.features), (self.entry_in, self.entry_out), self.size)
+
+  def matrix(self, mix: Array) -> Array:
+    """The stored mix as a masked dense (M, N) 1x1 weight."""
+    return take_flat(mix, self.matrix_index)
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -277,6 +337,19 @@ class Layout:
     targets = tuple(np.concatenate(v) for v in (positions, ins, outs))
     index = _index((kh * kw, s.in_features, s.features), targets, s.num_weights)
     return index.reshape(kh, kw, s.in_features, s.features)
+
+
+  @functools.cached_property
+  def shift_positions(self) -> Tuple[int, ...]:
+    """Flat kernel positions (i * KW + j) where any weight of the layer sits."""
+    return tuple(int(v) for v in np.flatnonzero(self.structure.mask.any(axis=(2, 3))))
+
+  @functools.cached_property
+  def shift_index(self) -> np.ndarray:
+    """(T, M, N): the dense kernel's gather at `shift_positions` only."""
+    s = self.structure
+    flat = self.dense_index.reshape((-1,) + (s.in_features, s.features))
+    return _read_only(flat[list(self.shift_positions)])
 
 
 @functools.lru_cache(maxsize=None)

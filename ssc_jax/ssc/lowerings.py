@@ -1,23 +1,43 @@
-"""Whole-layer lowerings of SSC: pure functions that compute one function.
+"""Lowerings of SSC: the ways XLA can be asked to compute one layer, all exact.
 
-Each lowering is ``fn(x, kernel, mix, layout, geometry, precision) -> y`` on
-a (B, H, W, M) input and the stored parameters (None for a part the layer
-does not have), returning (B, H', W', N) without bias. They differ only in
-how XLA is asked to compute the layer:
+A lowering is named by how it computes each part of the layer:
 
-* 'dense': the dense kernel (`layout.dense_index`) through one convolution.
-* 'grouped': one `lax.conv_general_dilated` with ``feature_group_count=g``
-  on the padded grouped kernel (positions outside the pattern are zeros),
-  plus the mixing einsum.
-* 'taps': the KxK part as batched matmuls over the shifted inputs of the
-  kept positions only (5 for a 3x3 'cross', not 9), one set per group of
-  outputs that share a pattern, plus the mixing einsum.
+* ``'dense'``: the whole layer as one convolution with its dense kernel
+  (`layout.Layout.dense_index`; the mix folded in at the centre tap).
+* ``'shifts'``: the whole layer as one matmul per kept kernel position, of
+  the shifted input with that position's masked dense (M, N) weight (the mix
+  folded in at the centre): 5 matmuls for a 3x3 'cross', no grouping.
+* ``'<kxk>+<mix>'`` (``'+<mix>'`` may be left out: ``+einsum``), where
+  ``<kxk>`` computes the KxK part:
+
+  - ``grouped``: one grouped convolution with ``feature_group_count=g``
+    (positions outside the pattern are zeros);
+  - ``grouped<G>``: a coarser grouped convolution with G groups, G a divisor
+    of g, on a block-diagonal masked kernel (``grouped1`` is the masked dense
+    KxK kernel);
+  - ``taps``: batched matmuls over the shifted inputs of the kept positions
+    only (5 for a 3x3 'cross', not 9), one set per group of outputs that
+    share a pattern;
+
+  and ``<mix>`` the 1x1 mixing part on the centre tap:
+
+  - ``einsum``: the interleaved grouped 1x1 as an einsum over residues;
+  - ``matmul``: one matmul with the masked dense (M, N) weight (p times the
+    ideal work, no transposes).
+
+A part the layer does not have is skipped. `apply` runs a lowering, or a
+`Choice` of one lowering per pass (forward, input gradient, weight gradient)
+through a `jax.custom_vjp`: the input gradient is the VJP of its lowering with
+respect to x only, the weight gradient the VJP of its own with respect to the
+weights only, as cuDNN picks one algorithm per pass. All lowerings compute
+one linear function, so any choice gives the same gradients up to rounding.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, Optional, Tuple
+import re
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -25,22 +45,22 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ssc_jax.ssc.geometry import Geometry
-from ssc_jax.ssc.layout import KernelLayout, Layout, MixLayout
+from ssc_jax.ssc.layout import KernelLayout, Layout, MixLayout, take_flat
 
 Array = jax.Array
-Lowering = Callable[[Array, Optional[Array], Optional[Array], Layout, Geometry, object], Array]
-LOWERINGS: Dict[str, Lowering] = {}
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+_NAME = re.compile(r'^(grouped(\d*)|taps)(\+(einsum|matmul))?$')
+MIXES = ('einsum', 'matmul')
 
 
-def register(name: str) -> Callable[[Lowering], Lowering]:
-  """Adds a lowering to `LOWERINGS` under `name`."""
+class Choice(NamedTuple):
+  """One lowering per pass."""
+  forward: str
+  input_grad: str
+  weight_grad: str
 
-  def add(fn: Lowering) -> Lowering:
-    LOWERINGS[name] = fn
-    return fn
 
-  return add
+LoweringLike = Union[str, Choice, Tuple[str, str, str]]
 
 
 def _explicit_axes() -> Tuple[str, ...]:
@@ -67,9 +87,15 @@ def _window(x: Array, geometry: Geometry, position: Tuple[int, int]) -> Array:
                    (1,) * lead + tuple(geometry.strides) + (1,))
 
 
-def _mix_part(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
-              precision) -> Array:
-  """Interleaved grouped 1x1 on the centre tap: y[..., b*p + r] = sum_a x[..., a*p + r] W[r, a, b]."""
+def _take_channels(x: Array, index) -> Array:
+  return x if index is None else jnp.take(x, jnp.asarray(index), axis=-1)
+
+
+# --- the 1x1 mixing part --------------------------------------------------------
+
+def _mix_einsum(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
+                precision) -> Array:
+  """y[..., b*p + r] = sum_a x[..., a*p + r] W[r, a, b] on the centre tap."""
   s = mix_layout.structure
   x = _window(x, geometry, s.centre)
   p = s.p
@@ -83,31 +109,30 @@ def _mix_part(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
   return y[..., :s.features]
 
 
-def _grouped_input(x: Array, kernel_layout: KernelLayout) -> Array:
-  """x with channels gathered into equal padded groups (g * max_in)."""
-  index = kernel_layout.conv_input_index
-  return x if index is None else jnp.take(x, jnp.asarray(index), axis=-1)
+def _mix_matmul(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
+                precision) -> Array:
+  """The centre tap times the masked dense (M, N) mixing weight."""
+  x = _window(x, geometry, mix_layout.structure.centre)
+  return jnp.matmul(x, mix_layout.matrix(mix), precision=precision)
 
 
-def _real_outputs(y: Array, index) -> Array:
-  return y if index is None else jnp.take(y, jnp.asarray(index), axis=-1)
-
+# --- the KxK part ---------------------------------------------------------------
 
 def _grouped_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry: Geometry,
-                  precision) -> Array:
-  """The KxK part as one grouped convolution on the padded grouped kernel."""
+                  precision, groups: int) -> Array:
+  """The KxK part as one grouped convolution with `groups` physical groups."""
+  physical = kernel_layout.physical(groups)
   conv = functools.partial(
       lax.conv_general_dilated, window_strides=geometry.strides, padding=geometry.pads,
-      dimension_numbers=_DIMENSIONS, feature_group_count=kernel_layout.structure.g,
-      precision=precision)
+      dimension_numbers=_DIMENSIONS, feature_group_count=groups, precision=precision)
   explicit = _explicit_axes()
-  if explicit:
+  if explicit and groups > 1:
     # JAX cannot type the kernel gradient of a grouped convolution under
     # explicit sharding: the partitioner places it, in auto mode.
     conv = jax.sharding.auto_axes(conv, axes=explicit,
                                   out_sharding=P(*jax.typeof(x).sharding.spec[:-1]))
-  y = conv(_grouped_input(x, kernel_layout), kernel_layout.padded_kernel(kernel))
-  return _real_outputs(y, kernel_layout.conv_output_index)
+  y = conv(_take_channels(x, physical.input_index), physical.kernel(kernel))
+  return _take_channels(y, physical.output_index)
 
 
 def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry: Geometry,
@@ -124,8 +149,8 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
   kw = s.kernel_size[1]
   batch, height, width = x.shape[:3]
   out_h, out_w = geometry.output_size
-  x = _grouped_input(x, kernel_layout).reshape(batch, height, width, g, max_in)
-  grouped = jnp.transpose(x, (3, 0, 1, 2, 4))  # (g, B, H, W, max_in)
+  x = _take_channels(x, kernel_layout.physical(g).input_index)
+  grouped = jnp.transpose(x.reshape(batch, height, width, g, max_in), (3, 0, 1, 2, 4))
   outputs = []
   for tap_class in kernel_layout.tap_classes:
     windows = [_window(grouped, geometry, divmod(position, kw))
@@ -138,36 +163,127 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
                         precision=precision)  # (g, B, H', W', max_out)
     outputs.append(jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(batch, out_h, out_w, -1))
   y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-  return _real_outputs(y, kernel_layout.taps_output_index)
+  return _take_channels(y, kernel_layout.taps_output_index)
 
 
-def _sum_parts(x, kernel, mix, layout: Layout, geometry: Geometry, precision, kxk) -> Array:
-  """The KxK part by `kxk` plus the mixing einsum; at least one part exists."""
+# --- whole lowerings ------------------------------------------------------------
+
+def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
+  parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
+  weights = take_flat(jnp.concatenate(parts), layout.dense_index)
+  conv = functools.partial(lax.conv_general_dilated, window_strides=geometry.strides,
+                           padding=geometry.pads, dimension_numbers=_DIMENSIONS,
+                           precision=precision)
+  return conv(x, weights)
+
+
+def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
+  parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
+  weights = take_flat(jnp.concatenate(parts), layout.shift_index)  # (T, M, N)
+  kw = layout.structure.kernel_size[1]
+  y = None
+  for t, position in enumerate(layout.shift_positions):
+    term = jnp.matmul(_window(x, geometry, divmod(position, kw)), weights[t], precision=precision)
+    y = term if y is None else y + term
+  return y
+
+
+WHOLE = {'dense': _dense, 'shifts': _shifts}
+
+
+def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
+  """Raises ValueError unless `name` is a lowering this layer can run."""
+  if name in WHOLE:
+    return
+  match = _NAME.match(name)
+  allowed = ("'dense', 'shifts', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>' (G dividing "
+             "g) or 'taps' and <mix> 'einsum' or 'matmul' (e.g. 'grouped4+matmul')")
+  if not match:
+    raise ValueError(f'{owner}: lowering {name!r} must be {allowed}')
+  groups = match.group(2)
+  g = layout.structure.g
+  if groups and (g is None or int(groups) < 1 or g % int(groups)):
+    raise ValueError(f'{owner}: lowering {name!r}: {groups} physical groups must divide '
+                     f'g={g}')
+
+
+def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layout: Layout,
+        geometry: Geometry, precision) -> Array:
+  """The layer (no bias) on a (B, H, W, M) input by the lowering `name`."""
+  if name in WHOLE:
+    return WHOLE[name](x, kernel, mix, layout, geometry, precision)
+  match = _NAME.match(name)
   parts = []
   if layout.kernel is not None:
-    parts.append(kxk(x, kernel, layout.kernel, geometry, precision))
+    if match.group(1) == 'taps':
+      parts.append(_tap_matmuls(x, kernel, layout.kernel, geometry, precision))
+    else:
+      groups = int(match.group(2) or layout.structure.g)
+      parts.append(_grouped_conv(x, kernel, layout.kernel, geometry, precision, groups))
   if layout.mix is not None:
-    parts.append(_mix_part(x, mix, layout.mix, geometry, precision))
+    mix_fn = _mix_matmul if match.group(4) == 'matmul' else _mix_einsum
+    parts.append(mix_fn(x, mix, layout.mix, geometry, precision))
   return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
-@register('dense')
-def dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  """One convolution with the layer's dense kernel."""
-  parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
-  flat = jnp.concatenate(parts + [jnp.zeros((1,), parts[0].dtype)])
-  weights = jnp.take(flat, jnp.asarray(layout.dense_index), mode='clip')
-  return lax.conv_general_dilated(x, weights, geometry.strides, geometry.pads,
-                                  dimension_numbers=_DIMENSIONS, precision=precision)
+COARSE_CHANNELS = 32  # a coarser grouping candidate keeps at least this many channels a group
 
 
-@register('grouped')
-def grouped(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  """A grouped convolution (masked to the pattern) plus the mixing einsum."""
-  return _sum_parts(x, kernel, mix, layout, geometry, precision, _grouped_conv)
+def candidates(layout: Layout) -> List[str]:
+  """The lowerings of this layer that the autotuner times.
+
+  The KxK part: the grouped convolution, one coarser grouping (the largest
+  divisor G of g that leaves `COARSE_CHANNELS` channels a group), the masked
+  dense kernel (G = 1) and 'taps'; the mix variants where the layer mixes.
+  """
+  s = layout.structure
+  kxk = ['grouped']
+  if layout.kernel is not None:
+    width = min(s.in_features, s.features)
+    coarse = [d for d in range(s.g - 1, 1, -1) if s.g % d == 0 and width // d >= COARSE_CHANNELS]
+    kxk += [f'grouped{d}' for d in coarse[:1]] + (['grouped1'] if s.g > 1 else []) + ['taps']
+  mixes = list(MIXES) if layout.mix is not None else ['einsum']
+  names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
+  if layout.kernel is None:
+    names = names[:len(mixes)]  # the KxK choice means nothing without a KxK part
+  return list(WHOLE) + names
 
 
-@register('taps')
-def taps(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  """Batched matmuls over the kept positions plus the mixing einsum."""
-  return _sum_parts(x, kernel, mix, layout, geometry, precision, _tap_matmuls)
+def as_choice(lowering: LoweringLike) -> Choice:
+  """A lowering name (every pass) or a (forward, input_grad, weight_grad) triple as a Choice."""
+  if isinstance(lowering, str):
+    return Choice(lowering, lowering, lowering)
+  return Choice(*lowering)
+
+
+def apply(lowering: LoweringLike, x: Array, kernel: Optional[Array], mix: Optional[Array],
+          layout: Layout, geometry: Geometry, precision) -> Array:
+  """The layer (no bias) with one lowering, or one per pass."""
+  choice = as_choice(lowering)
+  if choice.forward == choice.input_grad == choice.weight_grad:
+    return run(choice.forward, x, kernel, mix, layout, geometry, precision)
+  return _per_pass(choice, layout, geometry, precision)(x, kernel, mix)
+
+
+@functools.lru_cache(maxsize=None)
+def _per_pass(choice: Choice, layout: Layout, geometry: Geometry, precision):
+  """f(x, kernel, mix) with each pass computed by its own lowering."""
+
+  def by(name):
+    return functools.partial(run, name, layout=layout, geometry=geometry, precision=precision)
+
+  @jax.custom_vjp
+  def layer(x, kernel, mix):
+    return by(choice.forward)(x, kernel, mix)
+
+  def forward(x, kernel, mix):
+    return layer(x, kernel, mix), (x, kernel, mix)
+
+  def backward(residuals, dy):
+    x, kernel, mix = residuals
+    _, input_vjp = jax.vjp(lambda x: by(choice.input_grad)(x, kernel, mix), x)
+    _, weight_vjp = jax.vjp(lambda k, m: by(choice.weight_grad)(x, k, m), kernel, mix)
+    return input_vjp(dy) + weight_vjp(dy)
+
+  layer.defvjp(forward, backward)
+  return layer

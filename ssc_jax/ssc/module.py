@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssc_jax.ssc import autotune
 from ssc_jax.ssc import geometry as geometry_lib
 from ssc_jax.ssc import initializers
 from ssc_jax.ssc import layout as layout_lib
@@ -16,8 +17,6 @@ from ssc_jax.ssc import lowerings
 from ssc_jax.ssc.structure import SSCStructure, ssc_structure
 
 Array = jax.Array
-IMPLEMENTATIONS = ('auto',) + tuple(lowerings.LOWERINGS)
-_CPU_TAPS_MIN_GROUPS = 8  # on CPU, 'taps' beats 'dense' from about this many groups
 
 
 class SSCConv(nn.Module):
@@ -50,11 +49,12 @@ class SSCConv(nn.Module):
       (`ssc_jax.ssc.initializers`); each weight is drawn with the real fan-in
       of the output it feeds or the real fan-out of the input it reads.
     bias_init: a flax initializer for the bias.
-    implementation: how the layer runs (`ssc_jax.ssc.lowerings`); all give the
-      same function. 'auto': 'grouped' on GPU/TPU and wherever g is None or 1;
-      on CPU, where XLA's grouped-convolution gradient runs over 15x slower
-      than a dense one (benchmarks/layer_speed.py), 'dense' for g < 8 and
-      'taps' for g >= 8.
+    implementation: how the layer runs; every choice computes the same
+      function. A lowering name (`ssc_jax.ssc.lowerings`: 'dense', 'grouped',
+      'grouped4+matmul', 'taps', ...) for every pass, a (forward, input_grad,
+      weight_grad) triple of names, or 'auto': the installed tuning plan's
+      choice for this layer's shape, else the autotuner's cache file, else
+      its cost rule (`ssc_jax.ssc.autotune`).
   """
   features: int
   kernel_size: Union[int, Sequence[int]] = 3
@@ -89,7 +89,6 @@ class SSCConv(nn.Module):
     geometry = geometry_lib.geometry(x.shape[-3:-1], structure.kernel_size, self.strides,
                                      self.padding, self._owner)
     layout = layout_lib.layout(structure)
-    lowering = lowerings.LOWERINGS[self._implementation(structure)]
 
     kernel = mix = bias = None
     if layout.kernel is not None:
@@ -103,19 +102,25 @@ class SSCConv(nn.Module):
     x, kernel, mix, bias = nn.dtypes.promote_dtype(x, kernel, mix, bias, dtype=self.dtype)
 
     batch_shape = x.shape[:-3]
-    y = lowering(x.reshape((-1,) + x.shape[-3:]), kernel, mix, layout, geometry,
-                 self.precision)
+    x = x.reshape((-1,) + x.shape[-3:])
+    lowering = self._lowering(layout, geometry, x)
+    y = lowerings.apply(lowering, x, kernel, mix, layout, geometry, self.precision)
     if bias is not None:
       y = y + bias
     return y.reshape(batch_shape + y.shape[1:])
 
-  def _implementation(self, structure: SSCStructure) -> str:
-    """The lowering for this layer, resolving 'auto'."""
-    if self.implementation not in IMPLEMENTATIONS:
-      raise ValueError(f'{self._owner}: implementation={self.implementation!r} must be '
-                       f'one of {IMPLEMENTATIONS}')
-    if self.implementation != 'auto':
-      return self.implementation
-    if structure.g is None or structure.g == 1 or jax.default_backend() != 'cpu':
-      return 'grouped'
-    return 'taps' if structure.g >= _CPU_TAPS_MIN_GROUPS else 'dense'
+  def _lowering(self, layout: layout_lib.Layout, geometry: geometry_lib.Geometry,
+                x: Array) -> lowerings.Choice:
+    """The lowering of each pass for this layer, resolving 'auto'."""
+    if self.implementation == 'auto':
+      return autotune.choose(layout, geometry, x.shape[0], x.dtype)
+    if isinstance(self.implementation, str):
+      names = (self.implementation,)
+    elif len(self.implementation) == 3:
+      names = tuple(self.implementation)
+    else:
+      raise ValueError(f"{self._owner}: implementation={self.implementation!r} must be 'auto', "
+                       'a lowering name or a (forward, input_grad, weight_grad) triple of names')
+    for name in names:
+      lowerings.check(name, layout, f'{self._owner}: implementation={self.implementation!r}')
+    return lowerings.as_choice(self.implementation)

@@ -1,0 +1,152 @@
+"""Whole-network speed: each SSC config's train step and eval forward against its dense config.
+
+    python benchmarks/network_speed.py [--configs=cifar10_resnet32_10,cifar10_vgg19_10]
+        [--batch=N] [--eval_batch=N] [--dtype=float32|bfloat16] [--repeats=10]
+        [--lowering=auto] [--no_eval] [--out=FILE]
+
+For every config and its `_dense` baseline (cifar10_resnet32_10 ->
+cifar10_resnet32_dense, the ablations -> cifar100_resnet32_dense,
+imagenet_r50_* -> imagenet_r50_dense) in one process: the lowering plan
+(`ssc_jax.tuning.decide_plan`: measured per layer and pass, its cost in
+seconds; the dense baselines run plain convolutions, as `nn.Conv`), then the median milliseconds of a train step and of an eval
+forward on random images of the dataset's shape (warm-up and compilation
+excluded), images/second, and SSC's time over dense's next to the MAC
+fraction (the ideal ratio). Without --batch each config keeps its own batch
+size. Prints a markdown table headed by the machine, card, versions and date.
+"""
+
+import argparse
+import datetime
+import platform
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssc_jax import budget
+from ssc_jax import config_lib
+from ssc_jax import models
+from ssc_jax import optim
+from ssc_jax import sharding
+from ssc_jax import train
+from ssc_jax import tuning
+from ssc_jax.ssc import autotune
+
+CONFIG_DIR = budget.CONFIG_DIR
+
+
+def dense_baseline(name: str) -> str:
+  """The `_dense` config a seed config is compared with."""
+  if name.startswith('imagenet_r50'):
+    return 'imagenet_r50_dense'
+  return re.sub(r'_(\d+|ablation_\d+)$', '_dense', name)
+
+
+def _median_ms(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile and warm up
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def measure(name: str, args, lowering: str) -> dict:
+  """Tuning seconds, train-step and eval-forward ms of one config under `lowering`."""
+  config = config_lib.load_config_module(CONFIG_DIR / f'{name}.py').get_config()
+  config.lowering = lowering
+  if args.batch:
+    config.batch_size = args.batch
+  config.eval_batch_size = args.eval_batch or config.batch_size
+  if args.dtype:
+    config.model.dtype = args.dtype
+  num_classes, image_shape = budget.dataset_facts(config.dataset)
+  model = models.create_model(budget.resolve_ticket(config.model, num_classes, image_shape[-1]),
+                              num_classes)
+  start = time.perf_counter()
+  plan = (tuning.decide_plan(model, config, image_shape) if config.lowering == 'auto'
+          else autotune.Plan(force=config.lowering))
+  tuning_s = time.perf_counter() - start
+  mesh = sharding.create_mesh()
+  tx = optim.create_optimizer(config, steps_per_epoch=100)
+  state = train.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
+  train_step, eval_step = train.jit_steps(config, model, tx, mesh)
+  rng = np.random.default_rng(0)
+
+  def batch(size, mask=False):
+    out = {'image': jnp.asarray(rng.normal(size=(size,) + image_shape), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, num_classes, size), jnp.int32)}
+    if mask:
+      out['mask'] = jnp.ones((size,), bool)
+    return jax.device_put(out, sharding.batch_sharded(mesh))
+
+  train_batch, eval_batch = batch(config.batch_size), batch(config.eval_batch_size, True)
+  holder = {'state': state}
+
+  def step():
+    holder['state'], step_metrics, _ = train_step(holder['state'], train_batch)
+    return step_metrics.loss.total
+
+  with autotune.installed(plan):
+    train_ms = _median_ms(step, args.repeats)
+    eval_ms = (float('nan') if args.no_eval else
+               _median_ms(lambda: eval_step(holder['state'], eval_batch).loss.total, args.repeats))
+  result = budget.budget(config)
+  return dict(tuning_s=tuning_s, train_ms=train_ms, eval_ms=eval_ms,
+              train_ips=config.batch_size / train_ms * 1000,
+              eval_ips=config.eval_batch_size / eval_ms * 1000,
+              batch=config.batch_size, mac_fraction=result.macs / result.dense_macs,
+              layers=len(plan.choices))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--configs', default='cifar10_resnet32_10,cifar10_vgg19_10')
+  parser.add_argument('--batch', type=int, default=0)
+  parser.add_argument('--eval_batch', type=int, default=0)
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default=None)
+  parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--lowering', default='auto',
+                      help="'auto' (tuned per layer and pass) or one lowering for every layer")
+  parser.add_argument('--no_eval', action='store_true', help='time the train step only')
+  parser.add_argument('--out', default=None, help='also write the table to this file')
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  lines = [f'# network speed, {datetime.date.today()}: {platform.node()}, jax {jax.__version__}, '
+           f'{device.platform} {device.device_kind} x{jax.device_count()}, dtype '
+           f'{args.dtype or "per config"}, lowering {args.lowering}, median of {args.repeats}',
+           '',
+           '| config | batch | tuning s | train step ms | train img/s | eval ms | eval img/s '
+           '| train vs dense | eval vs dense | MAC fraction |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+  print('\n'.join(lines), flush=True)
+  dense_results = {}
+  for name in args.configs.split(','):
+    baseline = dense_baseline(name)
+    if baseline not in dense_results:
+      dense_results[baseline] = measure(baseline, args, 'grouped')  # plain convolutions
+      d = dense_results[baseline]
+      row = (f'| {baseline} | {d["batch"]} | {d["tuning_s"]:.1f} | {d["train_ms"]:.1f} | '
+             f'{d["train_ips"]:,.0f} | {d["eval_ms"]:.1f} | {d["eval_ips"]:,.0f} | 1.00x | 1.00x '
+             f'| 1.000 |')
+      lines.append(row)
+      print(row, flush=True)
+    d, r = dense_results[baseline], measure(name, args, args.lowering)
+    row = (f'| {name} | {r["batch"]} | {r["tuning_s"]:.1f} | {r["train_ms"]:.1f} | '
+           f'{r["train_ips"]:,.0f} | {r["eval_ms"]:.1f} | {r["eval_ips"]:,.0f} | '
+           f'{r["train_ms"] / d["train_ms"]:.2f}x | {r["eval_ms"] / d["eval_ms"]:.2f}x | '
+           f'{r["mac_fraction"]:.3f} |')
+    lines.append(row)
+    print(row, flush=True)
+  if args.out:
+    with open(args.out, 'a') as f:
+      f.write('\n'.join(lines) + '\n\n')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,347 @@
+"""The lowering of each pass of each SSC layer, chosen by measurement.
+
+An SSCConv with ``implementation='auto'`` asks `choose` for its `Choice` (one
+lowering for the forward pass, one for the input gradient, one for the
+weight gradient). `choose` answers, in order, from:
+
+1. the installed `Plan` (`installed(plan)`): choices per layer, or one forced
+   lowering for every layer;
+2. the cache file (``$SSC_JAX_AUTOTUNE_CACHE``, default
+   ``~/.cache/ssc_jax/autotune.json``), filled by `tune`;
+3. the cost rule (`rule`), where nothing was measured.
+
+A layer is keyed by everything that changes its timing: backend, device
+kind, device count, batch, input size, channels, kernel, strides, padding,
+g, p, taps and compute dtype (`LayerKey`). `tune` times every candidate of
+`lowerings.candidates` for each pass on one device, at the per-device batch:
+the KxK part and the 1x1 part are timed apart (their costs add) and against
+the whole-layer 'dense'; each pass takes the fastest. `tune_model` finds the
+layers of a model by tracing it abstractly, tunes those not yet known, and
+returns the plan.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from ssc_jax.ssc import lowerings
+from ssc_jax.ssc.geometry import Geometry
+from ssc_jax.ssc.layout import Layout
+from ssc_jax.ssc.lowerings import Choice
+from ssc_jax.ssc.structure import taps_label
+
+PASSES = ('forward', 'input_grad', 'weight_grad')
+CACHE_ENV = 'SSC_JAX_AUTOTUNE_CACHE'
+_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKey:
+  """What a layer's timing depends on."""
+  platform: str
+  device_kind: str
+  devices: int
+  batch: int
+  input_size: Tuple[int, int]
+  in_features: int
+  features: int
+  kernel_size: Tuple[int, int]
+  strides: Tuple[int, int]
+  pads: Tuple[Tuple[int, int], Tuple[int, int]]
+  g: Optional[int]
+  p: Optional[int]
+  taps: str
+  dtype: str
+
+  @property
+  def id(self) -> str:
+    """A stable text form, the key of the cache file and of plans."""
+    return (f'{self.platform}|{self.device_kind}|x{self.devices}|b{self.batch}|'
+            f'{self.input_size[0]}x{self.input_size[1]}|{self.in_features}->{self.features}|'
+            f'k{self.kernel_size[0]}x{self.kernel_size[1]}|s{self.strides[0]}x{self.strides[1]}|'
+            f'pad{self.pads}|g{self.g}|p{self.p}|{self.taps}|{self.dtype}')
+
+
+def layer_key(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> LayerKey:
+  """The key of one layer on the default backend."""
+  s = layout.structure
+  device = jax.devices()[0]
+  return LayerKey(device.platform, device.device_kind, jax.device_count(), int(batch),
+                  geometry.input_size, s.in_features, s.features, s.kernel_size,
+                  geometry.strides, geometry.pads, s.g, s.p, taps_label(s.taps),
+                  jnp.dtype(dtype).name)
+
+
+@dataclasses.dataclass
+class Plan:
+  """Choices per layer key id, or one lowering forced on every layer."""
+  choices: Dict[str, Choice] = dataclasses.field(default_factory=dict)
+  force: Optional[lowerings.LoweringLike] = None
+
+  def to_json(self) -> Dict[str, Any]:
+    return {'force': self.force, 'choices': {k: list(v) for k, v in sorted(self.choices.items())}}
+
+  @classmethod
+  def from_json(cls, data: Dict[str, Any]) -> 'Plan':
+    return cls({k: Choice(*v) for k, v in data['choices'].items()}, data.get('force'))
+
+
+_INSTALLED: List[Plan] = []
+_RECORDING: List[Dict[str, Tuple[LayerKey, Layout, Geometry]]] = []
+
+
+@contextlib.contextmanager
+def installed(plan: Plan) -> Iterator[Plan]:
+  """Makes `plan` answer `choose` while tracing inside the context."""
+  _INSTALLED.append(plan)
+  try:
+    yield plan
+  finally:
+    _INSTALLED.remove(plan)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Dict[str, Tuple[LayerKey, Layout, Geometry]]]:
+  """Collects the layers that ask `choose` while tracing inside the context."""
+  seen: Dict[str, Tuple[LayerKey, Layout, Geometry]] = {}
+  _RECORDING.append(seen)
+  try:
+    yield seen
+  finally:
+    _RECORDING.remove(seen)
+
+
+def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice:
+  """The lowering of each pass for one layer: plan, else cache file, else rule."""
+  key = layer_key(layout, geometry, batch, dtype)
+  for seen in _RECORDING:
+    seen.setdefault(key.id, (key, layout, geometry))
+  for plan in reversed(_INSTALLED):
+    if plan.force is not None:
+      return lowerings.as_choice(plan.force)
+    if key.id in plan.choices:
+      return plan.choices[key.id]
+  cached = Cache.default().get(key.id)
+  return cached if cached is not None else rule(key, layout)
+
+
+def rule(key: LayerKey, layout: Layout) -> Choice:
+  """The cost rule used where nothing was measured.
+
+  From the measurements in benchmarks/results/: on CPU, XLA's grouped
+  convolution is slow in its gradients (the weight gradient is rewritten into
+  a much larger dense computation), the masked dense kernel costs what a
+  dense convolution costs, and shifted-window matmuls win for wide groups.
+  On GPU the grouped convolution wins the forward pass from about 32
+  channels per group, and the masked dense kernel is never slower than dense.
+  """
+  s = layout.structure
+  if s.g is None or s.g == 1:
+    return lowerings.as_choice('grouped' if s.g == 1 else 'grouped+matmul')
+  per_group = min(s.in_features, s.features) // s.g
+  if key.platform == 'cpu':
+    return lowerings.as_choice('taps' if per_group >= 16 and s.g >= 4 else 'dense')
+  forward = 'grouped+matmul' if per_group >= 32 else 'dense'
+  return Choice(forward, 'dense', 'dense')
+
+
+# --- the cache file -----------------------------------------------------------
+
+class Cache:
+  """Measured choices on disk: {key id: {'choice': [...], 'ms': {pass: {name: ms}}}}.
+
+  Writes merge with what another process wrote meanwhile and replace the file
+  atomically.
+  """
+  _default: Optional['Cache'] = None
+
+  def __init__(self, path: os.PathLike):
+    self.path = pathlib.Path(path)
+    self._entries: Optional[Dict[str, Any]] = None
+
+  @classmethod
+  def default(cls) -> 'Cache':
+    path = pathlib.Path(os.environ.get(CACHE_ENV) or
+                        pathlib.Path.home() / '.cache' / 'ssc_jax' / 'autotune.json')
+    if cls._default is None or cls._default.path != path:
+      cls._default = cls(path)
+    return cls._default
+
+  def _read(self) -> Dict[str, Any]:
+    try:
+      data = json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return {}
+    return data.get('entries', {}) if data.get('format') == _FORMAT else {}
+
+  @property
+  def entries(self) -> Dict[str, Any]:
+    if self._entries is None:
+      self._entries = self._read()
+    return self._entries
+
+  def get(self, key_id: str) -> Optional[Choice]:
+    entry = self.entries.get(key_id)
+    return Choice(*entry['choice']) if entry else None
+
+  def put(self, new: Dict[str, Any]) -> None:
+    """Adds entries and writes the file (merged with its current content)."""
+    merged = {**self._read(), **self.entries, **new}
+    self._entries = merged
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile('w', dir=self.path.parent, delete=False,
+                                     suffix='.tmp') as f:
+      json.dump({'format': _FORMAT, 'entries': merged}, f, indent=1, sort_keys=True)
+    os.replace(f.name, self.path)
+
+
+# --- measurement --------------------------------------------------------------
+
+def _part_layouts(layout: Layout) -> List[Tuple[str, Layout, List[str]]]:
+  """(part, layout with only that part, its candidate names) for each part timed apart."""
+  parts = []
+  if layout.kernel is not None:
+    kxk = dataclasses.replace(layout, mix=None)
+    parts.append(('kxk', kxk, [n for n in lowerings.candidates(kxk) if n not in lowerings.WHOLE]))
+  if layout.mix is not None:
+    mix = dataclasses.replace(layout, kernel=None)
+    parts.append(('mix', mix, [f'grouped+{m}' for m in lowerings.MIXES]))
+  return parts
+
+
+def _pass_fn(name: str, layout: Layout, geometry: Geometry, which: str) -> Callable:
+  """(x, kernel, mix, dy) -> the pass `which` of lowering `name`."""
+  run = lambda x, k, m: lowerings.run(name, x, k, m, layout, geometry, None)
+  if which == 'forward':
+    return lambda x, k, m, dy: run(x, k, m)
+  if which == 'input_grad':
+    return lambda x, k, m, dy: jax.vjp(lambda x: run(x, k, m), x)[1](dy)
+  return lambda x, k, m, dy: jax.vjp(lambda k, m: run(x, k, m), k, m)[1](dy)
+
+
+def _inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
+  """Random (x, kernel, mix, dy) of the layer's shapes, on the first device."""
+  s = layout.structure
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], (batch,) + geometry.input_size + (s.in_features,), dtype)
+  kernel = mix = None
+  if layout.kernel is not None:
+    kernel = jax.random.normal(keys[1], layout.kernel.shape, dtype)
+  if layout.mix is not None:
+    mix = jax.random.normal(keys[2], layout.mix.shape, dtype)
+  dy = jax.random.normal(keys[3], (batch,) + geometry.output_size + (s.features,), dtype)
+  return jax.device_put((x, kernel, mix, dy), jax.devices()[0])
+
+
+def _median_ms(compiled, args, repeats: int) -> float:
+  jax.block_until_ready(compiled(*args))  # warm-up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
+            passes: Tuple[str, ...] = PASSES, repeats: int = 5,
+            workers: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+  """Milliseconds of every candidate for each pass: {pass: {name: ms}}.
+
+  Each part ('kxk', 'mix') is timed alone under its own names; the results
+  hold them as 'kxk:<name>' and 'mix:<name>', and the whole-layer lowerings
+  ('dense', 'shifts') under theirs.
+  Compilation runs on `workers` threads; timing runs one job at a time.
+  """
+  jobs = []
+  for which in passes:
+    jobs += [(which, name, layout) for name in lowerings.WHOLE]
+    for part, part_layout, names in _part_layouts(layout):
+      jobs += [(which, f'{part}:{name}', part_layout) for name in names]
+
+  def compile_job(job):
+    which, label, job_layout = job
+    name = label.split(':')[-1]
+    args = _inputs(job_layout, geometry, batch, dtype)
+    fn = jax.jit(_pass_fn(name, job_layout, geometry, which))
+    return fn.lower(*args).compile(), args
+
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    compiled = list(pool.map(compile_job, jobs))
+  times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
+  for (which, label, _), (fn, args) in zip(jobs, compiled):
+    times[which][label] = _median_ms(fn, args, repeats)
+  return times
+
+
+def best(times: Dict[str, float]) -> Tuple[str, float]:
+  """The fastest lowering name of one pass and its ms: a whole-layer one or the best parts summed."""
+  kxk = {k[4:]: v for k, v in times.items() if k.startswith('kxk:')}
+  mix = {k[4:]: v for k, v in times.items() if k.startswith('mix:')}
+  options = {name: times[name] for name in lowerings.WHOLE}
+  kxk_name = min(kxk, key=kxk.get) if kxk else None
+  mix_name = min(mix, key=mix.get) if mix else None
+  if kxk_name or mix_name:
+    name = kxk_name or 'grouped'
+    if mix_name and not mix_name.endswith('+einsum'):
+      name += '+' + mix_name.split('+')[1]
+    options[name] = kxk.get(kxk_name, 0.0) + mix.get(mix_name, 0.0)
+  winner = min(options, key=options.get)
+  return winner, options[winner]
+
+
+def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: int = 1,
+         passes: Tuple[str, ...] = PASSES, cache: Optional[Cache] = None,
+         log: Callable[[str], None] = lambda _: None) -> Plan:
+  """Choices for `layers` ({key id: (key, layout, geometry)}): cached ones, else measured.
+
+  Each layer is timed at its key's batch / `batch_divisor` (the per-device
+  batch of a data-parallel step); passes not in `passes` take the forward
+  pass's choice. New measurements go to `cache` (default: the cache file).
+  """
+  cache = cache or Cache.default()
+  plan, new = Plan(), {}
+  for key_id, (key, layout, geometry) in layers.items():
+    known = cache.get(key_id)
+    if known is not None:
+      plan.choices[key_id] = known
+      continue
+    start = time.perf_counter()
+    times = measure(layout, geometry, max(1, key.batch // batch_divisor), key.dtype, passes)
+    picks = {which: best(times[which])[0] for which in passes}
+    choice = Choice(*(picks.get(which, picks['forward']) for which in PASSES))
+    plan.choices[key_id] = choice
+    new[key_id] = {'choice': list(choice), 'ms': times}
+    log(f'tuned {key_id} in {time.perf_counter() - start:.1f} s: {tuple(choice)}')
+  if new:
+    cache.put(new)
+  return plan
+
+
+def layers_of(fn: Callable, *args, **kwargs) -> Dict[str, Tuple[LayerKey, Layout, Geometry]]:
+  """The SSC layers with implementation='auto' that `fn(*args)` runs, traced abstractly."""
+  with recording() as seen:
+    jax.eval_shape(fn, *args, **kwargs)
+  return seen
+
+
+def tune_model(fn: Callable, *args, batch_divisor: int = 1, passes: Tuple[str, ...] = PASSES,
+               cache: Optional[Cache] = None, **kwargs) -> Plan:
+  """Tunes every 'auto' SSC layer that `fn(*args, **kwargs)` runs; returns their plan.
+
+  For example ``tune_model(model.apply, variables, x)``; then trace the
+  model under ``installed(plan)``, or rely on the cache file.
+  """
+  return tune(layers_of(fn, *args, **kwargs), batch_divisor, passes, cache)
