@@ -285,9 +285,10 @@ def check_request(config: ml_collections.ConfigDict, request: Dict[str, Any]) ->
     except ValueError as error:
       raise errors.ConfigError(str(error)) from None
   if not config.validation_fraction:
-    raise errors.ConfigError(f'config.validation_fraction={config.validation_fraction}: the search '
-                     'ranks candidates on a validation split held out of train; it needs '
-                     'validation_fraction > 0 (the paper holds out 0.1)')
+    raise errors.ConfigError(
+        f'config.validation_fraction={config.validation_fraction}: the search ranks '
+        'candidates on a validation split held out of train; it needs validation_fraction > 0 '
+        '(the paper holds out 0.1)')
 
 
 def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
@@ -558,7 +559,8 @@ def best_config_source(search: Search, candidate: Candidate, row: Dict[str, Any]
   if search.config_file:
     lines += ['import pathlib', '', 'from ssc_jax import config_lib', '',
               f'SEARCHED = {_searched_path(search.config_file)}', '', '',
-              'def get_config():', '  config = config_lib.load_config_module(SEARCHED).get_config()']
+              'def get_config():',
+              '  config = config_lib.load_config_module(SEARCHED).get_config()']
   else:
     lines += ['from ssc_jax import config_lib', '', '',
               'def get_config():', '  config = config_lib.base()']

@@ -235,7 +235,7 @@ def combinations(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup]
       missing = without_kxk + (tuned.field == G_P and setting[0] is None)
       score = (error > _AIM, error if error > _AIM else missing, distance,
                int(tuned_complexity[lo + i]), error)
-      chosen = {id(group): (group_kept, group_setting) for group, group_kept, group_setting in combo}
+      chosen = {id(entry[0]): entry[1:] for entry in combo}  # (group, kept, setting)
       chosen[id(tuned)] = (kept, setting)
       choice = tuple(chosen[id(g)] for g in groups)
       total_kept = fixed + others + kept

@@ -176,7 +176,8 @@ def test_cli_refuses_full_train_and_names_the_range(tmp_path):
                            f'--workdir={tmp_path}', *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
   out = run('--target=0.1', '--config.full_train=True')
-  assert out.returncode == 2 and 'error: --config.full_train=True: the search holds out' in out.stderr
+  assert out.returncode == 2
+  assert 'error: --config.full_train=True: the search holds out' in out.stderr
   out = run('--target=0.001')
   assert out.returncode == 2 and 'its settings keep 0.0151 to 1.0000' in out.stderr
   assert not (tmp_path / 'command.json').exists()
