@@ -145,12 +145,15 @@ def budget(config) -> Budget:
 # --- tickets ---------------------------------------------------------------
 
 
-def settings_groups(model_config, num_classes: int, input_channels: int = 3):
-  """(filter counts, settings groups, always-dense weights) of a network.
+def settings_groups(model_config, num_classes: int, input_channels: int = 3,
+                    macs_at: Optional[Tuple[int, int]] = None):
+  """(filter counts, settings groups, always-dense count) of a network.
 
   Traces the network with every setting unset (all layers dense) under its
   spatial pattern, and groups its SSC layers by the settings entry that
-  controls them (`tickets.SettingsGroup`).
+  controls them (`tickets.SettingsGroup`). The count is weights, or with
+  `macs_at` = (H, W) the MACs of one example of that input size (each weight
+  times its layer's output positions, from the trace).
   """
   dense_config = ml_collections.ConfigDict(model_config.to_dict())
   for field in ('ticket', 'g', 'p', 'p_1x1'):
@@ -160,17 +163,18 @@ def settings_groups(model_config, num_classes: int, input_channels: int = 3):
   size = 8 if model_config.name == 'digits_ssc' else 32  # weights do not depend on it
   groups: Dict[Tuple[str, int], tickets.SettingsGroup] = {}
   fixed = 0
-  for layer in trace(model, (size, size, input_channels)).layers:
+  for layer in trace(model, tuple(macs_at or (size, size)) + (input_channels,)).layers:
+    positions = layer.dense_macs // layer.dense_weights if macs_at else 1
     if layer.setting is None:
-      fixed += layer.dense_weights
+      fixed += layer.dense_weights * positions
       continue
     key = (layer.setting, layer.features)
     if key not in groups:
       index = counts[layer.setting].index(layer.features)
       groups[key] = tickets.SettingsGroup(layer.setting, index, [], 0)
     groups[key].shapes.append((layer.in_features, layer.features, layer.kernel_size,
-                               layer.taps))
-    groups[key].dense += layer.dense_weights
+                               layer.taps, positions))
+    groups[key].dense += layer.dense_weights * positions
   return counts, sorted(groups.values(), key=lambda g: (g.field, g.index)), fixed
 
 

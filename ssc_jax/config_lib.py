@@ -50,6 +50,9 @@ def base() -> ml_collections.ConfigDict:
   # False: hold out the last 10% as validation (the split the (p, g) search uses).
   config.full_train = False
   config.validation_fraction = 0.1
+  # False: never read the test split (evaluate validation only; needs full_train=False).
+  # The (p, g) search (ssc_jax.search) sets it so that choosing settings never sees test.
+  config.eval_test = True
   config.batch_size = 128  # global, over all devices and processes
   config.eval_batch_size = 500  # global
   config.shuffle_buffer_size = 50_000
@@ -202,6 +205,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      'warm-up must end by the first learning-rate decay')
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ConfigError(f'config.validation_fraction={config.validation_fraction!r} must be in [0, 1)')
+  if not config.eval_test and (config.full_train or not config.validation_fraction):
+    raise ConfigError('config.eval_test=False evaluates the validation split only: it needs '
+                      'config.full_train=False and config.validation_fraction > 0 (got '
+                      f'{config.full_train}, {config.validation_fraction})')
   if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
     raise ConfigError('config: learning_rate must be > 0, weight_decay >= 0 and momentum in '
                      f'[0, 1) (got {config.learning_rate}, {config.weight_decay}, {config.momentum})')

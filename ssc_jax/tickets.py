@@ -2,17 +2,18 @@
 
 A network's SSC layers fall into settings groups: the layers that one entry
 of ``config.model.g``/``p`` (by filter count) or ``config.model.p_1x1``
-controls. `ssc_jax.budget.settings_groups` finds them by tracing the model;
-`solve` picks one setting per group whose kept fraction of the network's
-conv + Dense weights is within `TOLERANCE` of a target, with density
-non-increasing along the filter counts. Every count comes from
+controls. `ssc_jax.budget.settings_groups` finds them by tracing the model.
+`combinations` enumerates settings, one per group, whose kept fraction of the
+network's conv + Dense weights (or of its MACs) is near a target, with density
+non-increasing along the filter counts; `solve` picks the best of them within
+`TOLERANCE`, and `ssc_jax.search` trains several. Every count comes from
 `ssc_jax.ssc.ssc_structure` (under the network's spatial pattern).
 """
 
 import dataclasses
 import itertools
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +29,9 @@ _DENSE_SHARE = 0.01  # leading entries with at most this share of weights stay d
 _NEAREST = 3  # candidates per non-tuned group that the solver combines
 
 Setting = Tuple[Optional[int], Optional[int]]
-Shape = Tuple[int, int, int, Taps]  # (M, N, K, taps) of one layer
+# (M, N, K, taps, positions) of one layer; each weight counts `positions` times
+# (1: weights; the layer's output positions: MACs of one example).
+Shape = Tuple[int, int, int, Taps, int]
 
 
 @dataclasses.dataclass
@@ -38,8 +41,8 @@ class SettingsGroup:
   Attributes:
     field: `G_P` or `P_1X1`.
     index: position of the entry in its filter counts.
-    shapes: (M, N, K, taps) of each layer.
-    dense: weights of the layers when dense.
+    shapes: (M, N, K, taps, positions) of each layer.
+    dense: the count of the layers when dense.
   """
   field: str
   index: int
@@ -47,9 +50,14 @@ class SettingsGroup:
   dense: int
 
   def kept(self, setting: Setting) -> int:
-    """Weights the group keeps under (g, p)."""
-    return sum(ssc_structure(m, n, k, *setting, taps=taps).num_weights
-               for m, n, k, taps in self.shapes)
+    """The count (weights or MACs) the group keeps under (g, p)."""
+    return sum(ssc_structure(m, n, k, *setting, taps=taps).num_weights * positions
+               for m, n, k, taps, positions in self.shapes)
+
+  def mixing(self, setting: Setting) -> int:
+    """The part of `kept(setting)` in the 1x1 mixing part (p)."""
+    return sum(ssc_structure(m, n, k, *setting, taps=taps).num_mix_weights * positions
+               for m, n, k, taps, positions in self.shapes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +84,8 @@ def candidates(group: SettingsGroup, grid: Sequence[int]) -> List[Tuple[int, Set
   Of settings with equal counts the simplest is kept. A KxK group drops its
   KxK part (g = None) only below the sparsest density that any g reaches.
   """
-  max_g = min(min(m, n) for m, n, _, _ in group.shapes)
-  max_p = min(m for m, _, _, _ in group.shapes)
+  max_g = min(min(m, n) for m, n, *_ in group.shapes)
+  max_p = min(m for m, *_ in group.shapes)
   ps = [p for p in grid if p <= max_p]
   if group.field == P_1X1:
     settings = [(None, p) for p in ps]
@@ -103,25 +111,66 @@ def _chains(groups: List[SettingsGroup]) -> List[List[SettingsGroup]]:
           for field in sorted({g.field for g in groups})]
 
 
-def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
-          target: float, network: str) -> Ticket:
-  """Per-filter-count settings that keep `target` of the network's weights.
+@dataclasses.dataclass(frozen=True)
+class Combination:
+  """One setting per settings group, as `combinations` yields it.
 
-  `counts`, `groups` and `fixed` (weights of the layers that stay dense) come
-  from `ssc_jax.budget.settings_groups`; `network` names it in errors.
-  Along each settings field the layers' density never increases with the
-  filter count. The reference profile keeps the leading entries of a field
-  dense while each holds at most `_DENSE_SHARE` of the weights, and otherwise
-  halves the density per entry (`_STEP_RATIO`) towards the last one, scaled
-  to meet the target. Every entry but the largest takes one of its
-  `_NEAREST` candidates (g, p powers of two) closest to the reference (and
-  its closest with a KxK part); the largest entry (fine grid) then takes the
-  simplest setting within `_AIM` of the remaining weights. Combinations
-  within `_AIM` are ranked by the number of KxK entries without a KxK part
-  (g = None: needed only below the density that the largest valid g
-  reaches), then by distance to the reference profile. Deterministic.
+  Attributes:
+    settings: config fields 'g', 'p' (and 'p_1x1'), one entry per filter count.
+    choice: (kept count, (g, p)) of each group, in the order of the groups given.
+    kept: the count the network keeps (the always-dense layers included).
+    fraction: `kept` over the dense network's count.
+    score: the solver's ranking (lower is better; see `combinations`).
+    preferred: whether the largest group's setting is the one the solver takes
+      with the other groups' settings (`solve` ranks only these).
+  """
+  settings: Dict[str, Tuple[Optional[int], ...]]
+  choice: Tuple[Tuple[int, Setting], ...]
+  kept: int
+  fraction: float
+  score: tuple
+  preferred: bool
 
-  Raises ValueError if no setting lands within `TOLERANCE` of the target.
+  @property
+  def exact(self) -> bool:
+    """Whether it is within `_AIM` of the target (the solver counts it as exact)."""
+    return not self.score[0]
+
+
+def _settings(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup],
+              choice: Sequence[Tuple[int, Setting]]) -> Dict[str, Tuple[Optional[int], ...]]:
+  """Config fields of one (kept, (g, p)) per group; unset entries dense."""
+  settings = {'g': [1] * len(counts[G_P]), 'p': [None] * len(counts[G_P])}
+  if P_1X1 in counts:
+    settings['p_1x1'] = [1] * len(counts[P_1X1])
+  for group, (_, (g, p)) in zip(groups, choice):
+    if group.field == P_1X1:
+      settings['p_1x1'][group.index] = p
+    else:
+      settings['g'][group.index], settings['p'][group.index] = g, p
+  return {k: tuple(v) for k, v in settings.items()}
+
+
+def combinations(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
+                 target: float, alternatives: bool = True) -> Iterator[Combination]:
+  """The solver's enumeration: settings per group that keep about `target` of the count.
+
+  `counts`, `groups` and `fixed` (the count of the layers that stay dense) come from
+  `ssc_jax.budget.settings_groups`; the count is weights or MACs. Along each
+  settings field the layers' density never increases with the filter count.
+  The reference profile keeps the leading entries of a field dense while each
+  holds at most `_DENSE_SHARE` of the total, and otherwise halves the density
+  per entry (`_STEP_RATIO`) towards the last one, scaled to meet the target.
+  Every entry but the largest takes one of its `_NEAREST` candidates (g, p
+  powers of two) closest to the reference (and its closest with a KxK part).
+  For each such choice the largest entry (fine grid) yields its preferred
+  setting (the simplest within `_AIM` of the remaining count, else the
+  closest) and, with `alternatives`, every other setting within `TOLERANCE`
+  of the target. The score
+  ranks by whether the setting misses the target by more than `_AIM`, then
+  the number of KxK entries without a KxK part (g = None: needed only below
+  the density that the largest valid g reaches), then the distance to the
+  reference profile. Deterministic.
   """
   if not 0.0 < target <= 1.0:
     raise ValueError(f'config.model.ticket={target}: the target must be in (0, 1]')
@@ -161,49 +210,67 @@ def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed
     nearest += [c for c in group_candidates if c[1][0] is not None][:1]  # one with a KxK part
     options.append([(group,) + c for c in dict.fromkeys(nearest)])
 
-  best = None
+  chain = next(c for c in chains if tuned in c)
   for combo in itertools.product(*options):
     density = {id(group): kept / group.dense for group, kept, _ in combo}
     if not _monotone(chains, density, skip=tuned):
       continue
-    chain = next(c for c in chains if tuned in c)
     before = [density[id(g)] for g in chain if g.index < tuned.index]
     after = [density[id(g)] for g in chain if g.index > tuned.index]
     lo = np.searchsorted(tuned_kept, max(after, default=0.0) * tuned.dense - 1e-6)
     hi = np.searchsorted(tuned_kept, min(before, default=1.0) * tuned.dense + 1e-6, 'right')
     if lo >= hi:
       continue
-    remaining = target * total - fixed - sum(kept for _, kept, _ in combo)
-    errors = np.abs(tuned_kept[lo:hi] - remaining) / total
+    others = sum(kept for _, kept, _ in combo)
+    errors = np.abs(tuned_kept[lo:hi] - (target * total - fixed - others)) / total
     close = errors <= _AIM
-    pick = lo + (np.lexsort((errors, np.where(close, tuned_complexity[lo:hi], 0), ~close))[0])
-    error = float(errors[pick - lo])
-    density[id(tuned)] = tuned_kept[pick] / tuned.dense
-    distance = sum((math.log(density[id(g)]) - log_reference[id(g)]) ** 2 for g in groups)
-    without_kxk = sum(g.field == G_P and s[0] is None for g, _, s in combo) + (
-        tuned.field == G_P and tuned_candidates[pick][1][0] is None)
-    score = (error > _AIM, error if error > _AIM else without_kxk, distance,
-             int(tuned_complexity[pick]), error)
-    if best is None or score < best[0]:
-      chosen = {id(group): (kept, setting) for group, kept, setting in combo}
-      chosen[id(tuned)] = tuned_candidates[pick]
-      best = (score, chosen)
-  kept_all = fixed + sum(kept for kept, _ in best[1].values()) if best else None
-  if best is None or abs(kept_all / total - target) > TOLERANCE:
-    closest = '' if best is None else f' (closest: {kept_all / total:.4f})'
+    pick = np.lexsort((errors, np.where(close, tuned_complexity[lo:hi], 0), ~close))[0]
+    without_kxk = sum(g.field == G_P and s[0] is None for g, _, s in combo)
+    others_in_tolerance = np.flatnonzero(errors <= TOLERANCE) if alternatives else []
+    for i in [pick] + [i for i in others_in_tolerance if i != pick]:
+      kept, setting = tuned_candidates[lo + i]
+      error = float(errors[i])
+      density[id(tuned)] = kept / tuned.dense
+      distance = sum((math.log(density[id(g)]) - log_reference[id(g)]) ** 2 for g in groups)
+      missing = without_kxk + (tuned.field == G_P and setting[0] is None)
+      score = (error > _AIM, error if error > _AIM else missing, distance,
+               int(tuned_complexity[lo + i]), error)
+      chosen = {id(entry[0]): entry[1:] for entry in combo}  # (group, kept, setting)
+      chosen[id(tuned)] = (kept, setting)
+      choice = tuple(chosen[id(g)] for g in groups)
+      total_kept = fixed + others + kept
+      yield Combination(_settings(counts, groups, choice), choice, total_kept,
+                        total_kept / total, score, preferred=i == pick)
+
+
+def reachable(groups: List[SettingsGroup], fixed: int) -> Tuple[float, float]:
+  """(lowest, highest) fraction of the count that the settings `combinations` draws from keep."""
+  total = fixed + sum(group.dense for group in groups)
+  tuned = max(groups, key=lambda g: g.dense)
+  ends = [candidates(group, _FINE if group is tuned else _POWERS) for group in groups]
+  return ((fixed + sum(c[0][0] for c in ends)) / total,
+          (fixed + sum(c[-1][0] for c in ends)) / total)
+
+
+def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
+          target: float, network: str) -> Ticket:
+  """Per-filter-count settings that keep `target` of the network's weights.
+
+  `counts`, `groups` and `fixed` come from `ssc_jax.budget.settings_groups`;
+  `network` names it in errors. The lowest score of the preferred
+  `combinations` wins (the first on ties).
+
+  Raises ValueError if no setting lands within `TOLERANCE` of the target.
+  """
+  best = min(combinations(counts, groups, fixed, target, alternatives=False),
+             key=lambda c: c.score, default=None)
+  if best is None or abs(best.fraction - target) > TOLERANCE:
+    low, high = reachable(groups, fixed)
+    closest = '' if best is None else f'; closest: {best.fraction:.4f}'
     raise ValueError(f'config.model.ticket={target}: no per-filter-count (g, p) of '
                      f'{network} keeps that fraction of its weights within '
-                     f'{TOLERANCE}{closest}')
-  settings = {'g': [1] * len(counts[G_P]), 'p': [None] * len(counts[G_P])}
-  if P_1X1 in counts:
-    settings['p_1x1'] = [1] * len(counts[P_1X1])
-  for group in groups:
-    g, p = best[1][id(group)][1]
-    if group.field == P_1X1:
-      settings['p_1x1'][group.index] = p
-    else:
-      settings['g'][group.index], settings['p'][group.index] = g, p
-  return Ticket({k: tuple(v) for k, v in settings.items()}, kept_all / total, target)
+                     f'{TOLERANCE} (its settings keep {low:.4f} to {high:.4f}{closest})')
+  return Ticket(best.settings, best.fraction, target)
 
 
 def _monotone(chains, density, skip) -> bool:

@@ -136,10 +136,12 @@ def evaluate(step_fn, state: TrainState, batches: Iterator[Dict[str, jax.Array]]
   return {f'{split}_{name}': float(value) for name, value in total.compute().items()}
 
 
-def _evaluate_splits(step_fn, state: TrainState, data_input) -> Dict[str, float]:
-  """Validation (when held out) and test metrics."""
+def _evaluate_splits(step_fn, state: TrainState, data_input,
+                     eval_test: bool) -> Dict[str, float]:
+  """Validation (when held out) and, unless `eval_test` is False, test metrics."""
   results = {}
-  splits = (['validation'] if data_input.spec.num_validation else []) + ['test']
+  splits = (['validation'] if data_input.spec.num_validation else []) + (
+      ['test'] if eval_test else [])
   for split in splits:
     results.update(evaluate(step_fn, state, data_input.eval_batches(split), split))
   return results
@@ -311,7 +313,7 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
         progress.report(step, scalars, timed_steps, timed_seconds)
         train_metrics = None
       if eval_now:
-        eval_results = _evaluate_splits(p_eval_step, state, data_input)
+        eval_results = _evaluate_splits(p_eval_step, state, data_input, config.eval_test)
         writer.write_scalars(step, {**eval_results, 'epoch': step / steps_per_epoch})
         writer.write_histograms(step, state.params)
         console.show(metrics.format_evaluation(step, step / steps_per_epoch, eval_results))
@@ -325,7 +327,7 @@ def _train_loop(config, state: TrainState, data_input, p_train_step, p_eval_step
         return state, eval_results, None, True
 
   if not eval_results:  # resumed a finished run: evaluate its final state
-    eval_results = _evaluate_splits(p_eval_step, state, data_input)
+    eval_results = _evaluate_splits(p_eval_step, state, data_input, config.eval_test)
   throughput = timed_steps * config.batch_size / timed_seconds if timed_seconds > 0 else None
   return state, eval_results, throughput, False
 

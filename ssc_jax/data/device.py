@@ -113,7 +113,6 @@ class DevicePipeline:
   def _load(self) -> dict[str, DeviceSplit]:
     config = self.config
     train_images, train_labels = sources.load_split(config, 'train')
-    test = sources.load_split(config, 'test')
     if config.full_train:
       held = np.zeros(len(train_labels), bool)
     elif config.data_source == 'folder':
@@ -124,8 +123,9 @@ class DevicePipeline:
     out = {
         'train': (train_images[~held], train_labels[~held]),
         'validation': (train_images[held], train_labels[held]),
-        'test': test,
     }
+    if config.eval_test:  # config.eval_test=False: the test split is never read
+      out['test'] = sources.load_split(config, 'test')
     for name, (_, labels) in out.items():
       expected = {'train': self.spec.num_train, 'test': self.spec.num_test,
                   'validation': self.spec.num_validation}[name]
@@ -161,6 +161,8 @@ class DevicePipeline:
   def eval_batches(self, split: str):
     if split not in ('validation', 'test'):
       raise ValueError(f"split must be 'validation' or 'test', got {split!r}.")
+    if split not in self.splits:
+      raise ValueError('config.eval_test=False: the test split is not loaded.')
     data = self.splits[split]
     steps = -(-data.size // self.config.eval_batch_size)
     for s in range(steps):
