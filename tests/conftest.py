@@ -3,6 +3,17 @@
 import pytest
 import tensorflow_datasets as tfds
 
+from ssc_jax.ssc import autotune
+
+
+@pytest.fixture(autouse=True)
+def autotune_cache(tmp_path, monkeypatch):
+  """Each test (and the processes it starts) its own empty autotuner cache file, so that
+  'auto' layers follow the cost rule unless the test tunes them itself."""
+  path = tmp_path / 'autotune_cache.json'
+  monkeypatch.setenv(autotune.CACHE_ENV, str(path))
+  return path
+
 
 @pytest.fixture
 def mock_tfds(monkeypatch):

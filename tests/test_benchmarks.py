@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ACCEPTANCE = REPO / 'benchmarks' / 'gpu_acceptance.sh'
 
@@ -28,6 +30,38 @@ def test_pipeline_against_train_step_table():
   assert min(pipeline, alone, fed) > 0
   assert abs(ratio - pipeline / alone) <= 0.05 + 0.01 * ratio  # the column is their quotient
   assert not any(line.startswith('| pipeline') for line in lines)  # --skip_pipelines
+
+
+def _table_rows(stdout: str, first: str):
+  return [line.strip('|').split('|') for line in stdout.splitlines() if line.startswith(f'| {first}')]
+
+
+@pytest.mark.slow
+def test_network_speed_table():
+  """One SSC config against its dense config, ratios the quotient of the times."""
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/network_speed.py', '--configs=cifar10_resnet32_10', '--batch=2',
+       '--repeats=1', '--lowering=taps'], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  dense, = _table_rows(result.stdout, 'cifar10_resnet32_dense ')
+  ssc, = _table_rows(result.stdout, 'cifar10_resnet32_10 ')
+  train_ratio = _number(ssc[3]) / _number(dense[3])
+  assert abs(_number(ssc[7]) - train_ratio) <= 0.01 + 0.01 * train_ratio
+  assert abs(_number(ssc[9]) - 0.184) < 0.001  # MAC fraction under 'cross'
+
+
+@pytest.mark.slow
+def test_layer_speed_table(tmp_path):
+  """Every distinct SSC layer shape of a config, each lowering named, and the tuned choice."""
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/layer_speed.py', '--configs=cifar10_resnet32_10', '--batch=2',
+       '--repeats=1', '--lowerings=dense,taps'], cwd=REPO, capture_output=True, text=True,
+      timeout=1800)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = _table_rows(result.stdout, 'cifar10_resnet32_10 ')
+  assert len(rows) == 5  # 32->32, 32->64/2, 64->64, 64->128/2, 128->128
+  for row in rows:
+    assert 'dense: ' in row[10] and 'taps: ' in row[10] and '(' in row[11]
 
 
 def _acceptance(*args, cwd=REPO):

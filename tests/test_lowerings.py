@@ -77,7 +77,8 @@ def _check(module, implementation, x, params, structure, reference, target):
   assert not grads_dense[~mask].any()
 
 
-@pytest.mark.parametrize('case', CASES, ids=_case_id)
+@pytest.mark.parametrize('case', [pytest.param(c, marks=() if i in (0, 3, 5, 6) else pytest.mark.slow)
+                                  for i, c in enumerate(CASES)], ids=_case_id)
 def test_every_lowering_matches_the_dense_reference(case):
   """Outputs, input gradients and weight gradients of every candidate lowering, float32."""
   module, x, params, structure, kernel, pads, target = _setup(case)
@@ -88,7 +89,7 @@ def test_every_lowering_matches_the_dense_reference(case):
     _check(module, name, x, params, structure, reference, target)
 
 
-@pytest.mark.parametrize('case', CASES[:4], ids=_case_id)
+@pytest.mark.parametrize('case', [CASES[1], CASES[3]], ids=_case_id)
 def test_one_lowering_per_pass_matches_the_dense_reference(case):
   """A (forward, input_grad, weight_grad) choice through the custom VJP gives the same values."""
   module, x, params, structure, kernel, pads, target = _setup(case, seed=5)
@@ -178,7 +179,7 @@ def test_tune_caches_its_choices_and_choose_follows_plan_cache_rule(tmp_path, mo
   layers = autotune.layers_of(module.apply, variables, x)
   key_id = next(iter(layers))
   plan = autotune.tune(layers, batch_divisor=2)
-  assert plan.choices[key_id] == ('taps+matmul', 'dense', 'shifts') and calls[0][1] == 4
+  assert plan.choices[key_id] == ('taps+matmul', 'dense', 'shifts') and calls[0][1] == 4  # 8 / 2
   saved = json.loads((tmp_path / 'cache.json').read_text())
   assert saved['entries'][key_id]['choice'] == ['taps+matmul', 'dense', 'shifts']
   assert autotune.tune(layers).choices == plan.choices and len(calls) == 1  # cached

@@ -327,6 +327,7 @@ _STEPWISE_SCRIPT = """
 import sys, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ssc_jax import config_lib, data, models, optim, train
+from ssc_jax.ssc import autotune
 config = config_lib.load_config_module('configs/default.py').get_config()
 config.model.dtype = 'float32'
 meshes = [Mesh(np.asarray(jax.devices()[:n]), ('data',)) for n in (1, 4)]
@@ -337,17 +338,20 @@ steps = [train.jit_steps(config, model, tx, mesh)[0] for mesh in meshes]
 state = jax.tree.map(np.asarray, train.create_train_state(
     model, tx, one.spec.image_shape, jax.random.key(config.seed), meshes[0]))
 batches, worst = one.train_batches(0), 0.0
-for _ in range(one.steps_per_epoch):
-  batch = jax.tree.map(np.asarray, next(batches))
-  outs = []
-  for step, mesh in zip(steps, meshes):
-    out = step(jax.device_put(state, NamedSharding(mesh, P())),
-               jax.device_put(batch, NamedSharding(mesh, P('data'))))
-    outs.append(jax.tree.map(np.asarray, out))
-  for x, y in zip(jax.tree.leaves(outs[1]), jax.tree.leaves(outs[0])):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)  # the finite flag is bool
-    worst = max(worst, float(np.max(np.abs(x - y) / (np.abs(y) + 1e-3))))
-  state = outs[0][0]
+# One lowering whose forward pass rounds alike at every per-device batch: digits images
+# hold exact max-pool ties, which another rounding can route to the other position.
+with autotune.installed(autotune.Plan(force='dense')):
+  for _ in range(one.steps_per_epoch):
+    batch = jax.tree.map(np.asarray, next(batches))
+    outs = []
+    for step, mesh in zip(steps, meshes):
+      out = step(jax.device_put(state, NamedSharding(mesh, P())),
+                 jax.device_put(batch, NamedSharding(mesh, P('data'))))
+      outs.append(jax.tree.map(np.asarray, out))
+    for x, y in zip(jax.tree.leaves(outs[1]), jax.tree.leaves(outs[0])):
+      x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)  # the finite flag is bool
+      worst = max(worst, float(np.max(np.abs(x - y) / (np.abs(y) + 1e-3))))
+    state = outs[0][0]
 print(one.steps_per_epoch, worst)
 """
 

@@ -43,6 +43,9 @@ from ssc_jax.ssc.lowerings import Choice
 from ssc_jax.ssc.structure import taps_label
 
 PASSES = ('forward', 'input_grad', 'weight_grad')
+# On CPU, layers are timed at no more than this batch, to keep tuning short; the ranking
+# of the lowerings at the run's batch is assumed to be the same.
+CPU_TIMING_BATCH = 16
 CACHE_ENV = 'SSC_JAX_AUTOTUNE_CACHE'
 _FORMAT = 1
 
@@ -326,8 +329,8 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
   """Choices for `layers` ({key id: (key, layout, geometry)}): cached ones, else measured.
 
   Each layer is timed at its key's batch / `batch_divisor` (the per-device
-  batch of a data-parallel step); passes not in `passes` take the forward
-  pass's choice. New measurements go to `cache` (default: the cache file).
+  batch of a data-parallel step; on CPU at most `CPU_TIMING_BATCH`); passes
+  not in `passes` take the forward pass's choice. New measurements go to `cache` (default: the cache file).
   """
   cache = cache or Cache.default()
   plan, new = Plan(), {}
@@ -337,7 +340,10 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
       plan.choices[key_id] = known
       continue
     start = time.perf_counter()
-    times = measure(layout, geometry, max(1, key.batch // batch_divisor), key.dtype, passes)
+    batch = max(1, key.batch // batch_divisor)
+    if key.platform == 'cpu':
+      batch = min(batch, CPU_TIMING_BATCH)
+    times = measure(layout, geometry, batch, key.dtype, passes)
     picks = {which: best(times[which])[0] for which in passes}
     choice = Choice(*(picks.get(which, picks['forward']) for which in PASSES))
     plan.choices[key_id] = choice
