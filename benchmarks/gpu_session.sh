@@ -27,6 +27,7 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export SSC_JAX_AUTOTUNE_CACHE="$OUT/autotune.json"
 ARCHIVE=.data/cifar10-jpeg.tar.xz
+RESULTS="${RESULTS:-results}"  # where finished rows are filed (dry: under OUT)
 
 results() {  # results BUDGET_S [ROW_LIST...]
   local budget="$1"; shift
@@ -39,12 +40,12 @@ results() {  # results BUDGET_S [ROW_LIST...]
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$PYTHON" -m ssc_jax.reproduce --rows="$rows" \
       --recipe="${RECIPE:-short}" --out="/tmp/ssc_reproduce_$i" --time_budget_s="$budget" \
       --grace_s=20 --overrides="model.dtype=bfloat16,lowering=dense${EXTRA_OVERRIDES:+,$EXTRA_OVERRIDES}" \
-      --data="$ARCHIVE" > "$OUT/reproduce_$i.log" 2>&1 &
+      --data="$ARCHIVE" --results="$RESULTS" > "$OUT/reproduce_$i.log" 2>&1 &
     pids+=($!)
     i=$((i + 1))
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
-  tar czf "$OUT/runs.tgz" -C results runs
+  tar czf "$OUT/runs.tgz" -C "$RESULTS" runs
   tail -n 5 "$OUT"/reproduce_*.log
 }
 
@@ -61,7 +62,8 @@ case "$PHASE" in
   results) shift 2; results "$@" ;;
   speed) speed ;;
   dry)  # the same code paths, tiny: a CPU check of this script
-    EXTRA_OVERRIDES=num_train_steps=3,model.dtype=float32 results 600 cifar10_resnet32_10
+    RESULTS="$OUT/results" EXTRA_OVERRIDES=num_train_steps=3,model.dtype=float32 \
+      results 600 cifar10_resnet32_10
     speed 4 2 ;;
   *) echo "gpu_session.sh: unknown phase '$PHASE' (results, speed or dry)" >&2; exit 2 ;;
 esac

@@ -13,14 +13,12 @@ list of names), and 'auto', the autotuner's per-pass choice
 forward+backward milliseconds (median of --repeats, warm-up and compilation
 excluded), with the layer's MAC fraction (its ideal time ratio). Prints a
 markdown table headed by the machine, card, versions and date. A dense
-layer of a config (g = 1, full taps) is not an SSC layer and is skipped.
+layer of a config (one that keeps every weight) is not an SSC layer and is skipped.
 """
 
 import argparse
 import datetime
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -36,16 +34,6 @@ SEED_CONFIGS = sorted(p.stem for p in budget.CONFIG_DIR.glob('*.py')
                       if p.stem != 'default' and not p.stem.endswith('_dense'))
 
 
-def median_ms(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
-
-
 def config_layers(name: str, batch: int, dtype: str):
   """{key id: (key, layout, geometry)} of the SSC layers of one config's train step."""
   config = config_lib.load_config_module(budget.CONFIG_DIR / f'{name}.py').get_config()
@@ -59,15 +47,16 @@ def config_layers(name: str, batch: int, dtype: str):
   layers = autotune.layers_of(
       lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
   return {k: v for k, v in layers.items()
-          if not (v[1].structure.g == 1 and v[1].structure.taps == 'full')}
+          if v[1].structure.num_weights < v[1].structure.num_dense_weights}
 
 
 def time_fn(fn, key: autotune.LayerKey, layout, geometry, repeats: int):
   """(forward ms, forward+backward ms) of fn(x, kernel, mix) on random inputs."""
-  x, kernel, mix, dy = autotune._inputs(layout, geometry, key.batch, key.dtype)  # pylint: disable=protected-access
+  x, kernel, mix, dy = autotune.inputs(layout, geometry, key.batch, key.dtype)
   forward = jax.jit(fn)
   backward = jax.jit(jax.grad(lambda x, k, m: jnp.sum(fn(x, k, m) * dy), argnums=(0, 1, 2)))
-  return median_ms(forward, (x, kernel, mix), repeats), median_ms(backward, (x, kernel, mix), repeats)
+  return (autotune.median_ms(forward, (x, kernel, mix), repeats),
+          autotune.median_ms(backward, (x, kernel, mix), repeats))
 
 
 def dense_conv_ms(key: autotune.LayerKey, geometry, repeats: int):
@@ -85,7 +74,8 @@ def dense_conv_ms(key: autotune.LayerKey, geometry, repeats: int):
                          key.dtype)
   forward = jax.jit(conv)
   backward = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, None) * dy), argnums=(0, 1)))
-  return median_ms(forward, (x, kernel, None), repeats), median_ms(backward, (x, kernel), repeats)
+  return (autotune.median_ms(forward, (x, kernel, None), repeats),
+          autotune.median_ms(backward, (x, kernel), repeats))
 
 
 def main():

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import platform
 import re
-import statistics
 import time
 
 import jax
@@ -43,17 +42,6 @@ def dense_baseline(name: str) -> str:
   if name.startswith('imagenet_r50'):
     return 'imagenet_r50_dense'
   return re.sub(r'_(\d+|ablation_\d+)$', '_dense', name)
-
-
-def _median_ms(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile and warm up
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
 
 
 def measure(name: str, args, lowering: str) -> dict:
@@ -93,9 +81,9 @@ def measure(name: str, args, lowering: str) -> dict:
     return step_metrics.loss.total
 
   with autotune.installed(plan):
-    train_ms = _median_ms(step, args.repeats)
-    eval_ms = (float('nan') if args.no_eval else
-               _median_ms(lambda: eval_step(holder['state'], eval_batch).loss.total, args.repeats))
+    train_ms = autotune.median_ms(step, (), args.repeats)
+    eval_ms = (float('nan') if args.no_eval else autotune.median_ms(
+        lambda: eval_step(holder['state'], eval_batch).loss.total, (), args.repeats))
   result = budget.budget(config)
   return dict(tuning_s=tuning_s, train_ms=train_ms, eval_ms=eval_ms,
               train_ips=config.batch_size / train_ms * 1000,

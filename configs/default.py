@@ -26,7 +26,7 @@ def get_config():
   config.learning_rate = 0.05
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
-  # The SSC layers here are tiny: the autotuner's cost rule picks their lowerings
-  # (measuring them would take longer than this whole run).
+  # The SSC layers here are tiny: the autotuner's cache file or its cost rule picks
+  # their lowerings (measuring them would take longer than this whole run).
   config.autotune = False
   return config

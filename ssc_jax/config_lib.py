@@ -18,6 +18,7 @@ import ml_collections
 
 from ssc_jax import optim
 from ssc_jax.data import specs
+from ssc_jax.ssc import lowerings
 from ssc_jax.errors import ConfigError  # a user error: one line on the command line
 
 # Learning-rate recipes of the paper's supplementary (epochs, boundaries).
@@ -81,7 +82,7 @@ def base() -> ml_collections.ConfigDict:
   # How SSC layers run (ssc_jax/tuning.py): 'auto' chooses per layer and pass, or one
   # lowering for every layer ('dense', 'grouped', 'taps+matmul', ...; ssc_jax/ssc/lowerings.py).
   config.lowering = 'auto'
-  config.autotune = True  # 'auto': measure unknown layer shapes (False: the cost rule)
+  config.autotune = True  # 'auto': measure the layer shapes the cache file lacks (False: cost rule)
 
   # Optimisation (SGD as in the paper).
   config.optimizer = 'sgd'
@@ -209,6 +210,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('config.eval_test=False evaluates the validation split only: it needs '
                       'config.full_train=False and config.validation_fraction > 0 (got '
                       f'{config.full_train}, {config.validation_fraction})')
+  if config.lowering != 'auto' and not lowerings.is_name(config.lowering):
+    raise ConfigError(f"config.lowering={config.lowering!r} must be 'auto' or a lowering: 'dense', "
+                      "'shifts', or '<kxk>+<mix>' (ssc_jax/ssc/lowerings.py), e.g. 'taps+matmul'")
   if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
     raise ConfigError('config: learning_rate must be > 0, weight_decay >= 0 and momentum in '
                      f'[0, 1) (got {config.learning_rate}, {config.weight_decay}, {config.momentum})')

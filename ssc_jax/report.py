@@ -66,9 +66,10 @@ def read_metrics(path: pathlib.Path) -> Metrics:
   hparams: Dict[str, str] = {}
   if path.is_file():
     for line in path.read_text().splitlines():
-      if not line.strip():
+      try:
+        record = json.loads(line)
+      except ValueError:  # empty, or cut short by a kill (the run resumed after it)
         continue
-      record = json.loads(line)
       if 'hparams' in record:
         hparams = record['hparams']
       elif any(k.startswith('train_') for k in record):

@@ -226,7 +226,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   schedule = optim.learning_rate_schedule(config, steps_per_epoch)
 
   checkpointer = checkpointing.Checkpointer(workdir, config, allow_changes)
-  state = create_train_state(model, tx, spec.image_shape, jax.random.key(config.seed), mesh)
+  plan, tuning_seconds = tuning.run_plan(config, model, spec.image_shape, workdir)
+  with autotune.installed(plan):  # every process traces the same init program
+    state = create_train_state(model, tx, spec.image_shape, jax.random.key(config.seed), mesh)
   state = checkpointer.restore(state)
   start_step = int(state.step)
 
@@ -244,7 +246,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     console.show('No validation split (full_train=%s): training on all %d training examples, '
                  'evaluating on test only.', config.full_train, spec.num_train)
 
-  plan, tuning_seconds = tuning.run_plan(config, model, spec.image_shape, workdir)
   p_train_step, p_eval_step = jit_steps(config, model, tx, mesh)
 
   try:

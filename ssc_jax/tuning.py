@@ -2,8 +2,8 @@
 
 `config.lowering` forces one lowering on every SSC layer ('dense',
 'grouped', 'taps+matmul', ...); 'auto' lets the autotuner choose per layer
-and per pass (`ssc_jax.ssc.autotune`): measured where `config.autotune` is
-True (and the cache file does not know the layer yet), else the cost rule.
+and per pass (`ssc_jax.ssc.autotune`): from the cache file where it knows
+the layer, else measured where `config.autotune` is True, else the cost rule.
 The choices are written to `<workdir>/lowerings.json`, and a resumed run
 reads them back, so it compiles the same program as the run it resumes.
 With several processes, process 0 decides and broadcasts.
@@ -43,7 +43,7 @@ def _layers(model, config, image_shape):
 
 
 def decide_plan(model, config, image_shape) -> autotune.Plan:
-  """This process's plan: measured (or cached) where autotune is on, else cache or rule.
+  """This process's plan: cached or measured where autotune is on, else cache or rule.
 
   The eval step's layers take the forward choice of the same layer in the
   train step (only their batch differs); eval-only layers are tuned for the
@@ -85,15 +85,21 @@ def run_plan(config, model, image_shape, workdir: epath.Path) -> Tuple[autotune.
   if config.lowering != 'auto':
     return autotune.Plan(force=config.lowering), 0.0
   path = workdir / PLAN_FILE
-  if path.exists():
-    plan = autotune.Plan.from_json(json.loads(path.read_text()))
-    logging.info('Lowerings of %d SSC layer shapes read from %s.', len(plan.choices), path)
-    return plan, time.perf_counter() - start
-  plan = _broadcast(decide_plan(model, config, image_shape) if jax.process_index() == 0
-                    else autotune.Plan())
+  resumed = path.exists() if jax.process_index() == 0 else False
+  plan = autotune.Plan()
   if jax.process_index() == 0:
-    path.write_text(json.dumps(plan.to_json(), indent=1) + '\n')
+    plan = (autotune.Plan.from_json(json.loads(path.read_text())) if resumed
+            else decide_plan(model, config, image_shape))
+  plan = _broadcast(plan)  # process 0 read or decided it; every process compiles it
   seconds = time.perf_counter() - start
+  if resumed:
+    logging.info('Lowerings of %d SSC layer shapes read from %s.', len(plan.choices), path)
+    return plan, seconds
+  if jax.process_index() == 0:
+    temporary = workdir / (PLAN_FILE + '.tmp')  # a kill mid-write leaves no broken plan
+    temporary.write_text(json.dumps(plan.to_json(), indent=1) + '\n')
+    temporary.rename(path)
   console.show('Lowerings of %d SSC layer shapes chosen in %.1f s (%s), kept in %s.',
-               len(plan.choices), seconds, 'measured' if config.autotune else 'cost rule', path)
+               len(plan.choices), seconds,
+               'measured or cached' if config.autotune else 'cache file or cost rule', path)
   return plan, seconds

@@ -468,8 +468,9 @@ def test_pattern_normalisation_and_k1():
   """Patterns that keep every position are 'full'; K = 1 layers ignore the pattern."""
   assert ssc_structure(8, 8, 1, None, 2, 'cross').taps == 'full'
   assert ssc_structure(8, 8, 3, 2, 2, '111/111/111').taps == 'full'
-  assert ssc_structure(8, 8, 3, 2, 2, [[0, 1, 0], [1, 1, 1], [0, 1, 0]]).taps == (
-      (0, 1, 0), (1, 1, 1), (0, 1, 0))
+  assert ssc_structure(8, 8, 3, 2, 2, [[0, 1, 0], [1, 1, 1], [0, 1, 0]]).taps == 'cross'
+  assert ssc_structure(8, 8, 3, 2, 2, '011/111/110').taps == ((0, 1, 1), (1, 1, 1), (1, 1, 0))
+  assert ssc_structure(8, 8, 3, None, 2, 'cross').taps == 'full'  # no KxK part to pattern
   np.testing.assert_array_equal(ssc_mask(8, 8, 3, 2, 2, '010/111/010'),
                                 ssc_mask(8, 8, 3, 2, 2, 'cross'))
 

@@ -33,8 +33,11 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import fcntl
+
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from ssc_jax.ssc import lowerings
 from ssc_jax.ssc.geometry import Geometry
@@ -43,9 +46,6 @@ from ssc_jax.ssc.lowerings import Choice
 from ssc_jax.ssc.structure import taps_label
 
 PASSES = ('forward', 'input_grad', 'weight_grad')
-# On CPU, layers are timed at no more than this batch, to keep tuning short; the ranking
-# of the lowerings at the run's batch is assumed to be the same.
-CPU_TIMING_BATCH = 16
 CACHE_ENV = 'SSC_JAX_AUTOTUNE_CACHE'
 _FORMAT = 1
 
@@ -102,6 +102,7 @@ class Plan:
 
 
 _INSTALLED: List[Plan] = []
+_WARNED: set = set()
 _RECORDING: List[Dict[str, Tuple[LayerKey, Layout, Geometry]]] = []
 
 
@@ -127,15 +128,26 @@ def recording() -> Iterator[Dict[str, Tuple[LayerKey, Layout, Geometry]]]:
 
 
 def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice:
-  """The lowering of each pass for one layer: plan, else cache file, else rule."""
+  """The lowering of each pass for one layer: plan, else cache file, else rule.
+
+  A layer that an installed plan of choices does not know (a resume on
+  another card, device count or dtype) is logged as a warning.
+  """
   key = layer_key(layout, geometry, batch, dtype)
   for seen in _RECORDING:
     seen.setdefault(key.id, (key, layout, geometry))
   for plan in reversed(_INSTALLED):
     if plan.force is not None:
-      return lowerings.as_choice(plan.force)
+      choice = lowerings.as_choice(plan.force)
+      for name in set(choice):
+        lowerings.check(name, layout, f'lowering={plan.force!r} for the layer of {key.id}')
+      return choice
     if key.id in plan.choices:
       return plan.choices[key.id]
+  if _INSTALLED and key.id not in _WARNED:
+    _WARNED.add(key.id)
+    logging.warning('The lowering plan does not know the SSC layer %s: using the cache file '
+                    'or the cost rule.', key.id)
   cached = Cache.default().get(key.id)
   return cached if cached is not None else rule(key, layout)
 
@@ -164,9 +176,11 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
 # --- the cache file -----------------------------------------------------------
 
 class Cache:
-  """Measured choices on disk: {key id: {'choice': [...], 'ms': {pass: {name: ms}}}}.
+  """Measured choices on disk: {key id: {'choice': [...], 'passes': [...], 'ms': {...}}}.
 
-  Writes merge with what another process wrote meanwhile and replace the file
+  'passes' are the passes that were timed (an eval-only layer: the forward
+  pass); an entry serves only requests for passes it timed. Writes take a
+  lock, merge with what another process wrote meanwhile and replace the file
   atomically.
   """
   _default: Optional['Cache'] = None
@@ -196,19 +210,24 @@ class Cache:
       self._entries = self._read()
     return self._entries
 
-  def get(self, key_id: str) -> Optional[Choice]:
+  def get(self, key_id: str, passes: Tuple[str, ...] = PASSES) -> Optional[Choice]:
+    """The cached choice of a layer, if its entry timed every pass of `passes`."""
     entry = self.entries.get(key_id)
-    return Choice(*entry['choice']) if entry else None
+    if not entry or not set(passes) <= set(entry.get('passes', PASSES)):
+      return None
+    return Choice(*entry['choice'])
 
   def put(self, new: Dict[str, Any]) -> None:
     """Adds entries and writes the file (merged with its current content)."""
-    merged = {**self._read(), **self.entries, **new}
-    self._entries = merged
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile('w', dir=self.path.parent, delete=False,
-                                     suffix='.tmp') as f:
-      json.dump({'format': _FORMAT, 'entries': merged}, f, indent=1, sort_keys=True)
-    os.replace(f.name, self.path)
+    with open(self.path.with_name(self.path.name + '.lock'), 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      merged = {**self.entries, **self._read(), **new}
+      self._entries = merged
+      with tempfile.NamedTemporaryFile('w', dir=self.path.parent, delete=False,
+                                       suffix='.tmp') as f:
+        json.dump({'format': _FORMAT, 'entries': merged}, f, indent=1, sort_keys=True)
+      os.replace(f.name, self.path)
 
 
 # --- measurement --------------------------------------------------------------
@@ -247,7 +266,7 @@ def _pass_fn(name: str, layout: Layout, geometry: Geometry, which: str) -> Calla
   return lambda x, k, m, dy: jax.vjp(lambda k, m: run(x, k, m), k, m)[1](dy)
 
 
-def _inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
+def inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
   """Random (x, kernel, mix, dy) of the layer's shapes, on the first device."""
   s = layout.structure
   keys = jax.random.split(jax.random.key(0), 4)
@@ -261,7 +280,7 @@ def _inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
   return jax.device_put((x, kernel, mix, dy), jax.devices()[0])
 
 
-def _median_ms(compiled, args, repeats: int, calls: int = 3) -> float:
+def median_ms(compiled, args, repeats: int, calls: int = 3) -> float:
   """Median ms of one call; each sample dispatches `calls` calls before waiting, so
   that the host's dispatch overlaps the device work as it does inside a step."""
   jax.block_until_ready(compiled(*args))  # warm-up
@@ -292,18 +311,19 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
       jobs += [(which, f'{part}:{name}', part_layout) for name in names
                if not _known_slow(name, which, part_layout)]
 
+  args = {id(job_layout): inputs(job_layout, geometry, batch, dtype)
+          for _, _, job_layout in jobs}
+
   def compile_job(job):
     which, label, job_layout = job
-    name = label.split(':')[-1]
-    args = _inputs(job_layout, geometry, batch, dtype)
-    fn = jax.jit(_pass_fn(name, job_layout, geometry, which))
-    return fn.lower(*args).compile(), args
+    fn = jax.jit(_pass_fn(label.split(':')[-1], job_layout, geometry, which))
+    return fn.lower(*args[id(job_layout)]).compile()
 
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
     compiled = list(pool.map(compile_job, jobs))
   times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
-  for (which, label, _), (fn, args) in zip(jobs, compiled):
-    times[which][label] = _median_ms(fn, args, repeats)
+  for (which, label, job_layout), fn in zip(jobs, compiled):
+    times[which][label] = median_ms(fn, args[id(job_layout)], repeats)
   return times
 
 
@@ -329,25 +349,23 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
   """Choices for `layers` ({key id: (key, layout, geometry)}): cached ones, else measured.
 
   Each layer is timed at its key's batch / `batch_divisor` (the per-device
-  batch of a data-parallel step; on CPU at most `CPU_TIMING_BATCH`); passes
-  not in `passes` take the forward pass's choice. New measurements go to `cache` (default: the cache file).
+  batch of a data-parallel step: on CPU, timing at a smaller batch ranked
+  'taps' first where it is slower at the run's batch); passes not in
+  `passes` take the forward pass's choice. New measurements go to `cache` (default: the cache file).
   """
   cache = cache or Cache.default()
   plan, new = Plan(), {}
   for key_id, (key, layout, geometry) in layers.items():
-    known = cache.get(key_id)
+    known = cache.get(key_id, passes)
     if known is not None:
       plan.choices[key_id] = known
       continue
     start = time.perf_counter()
-    batch = max(1, key.batch // batch_divisor)
-    if key.platform == 'cpu':
-      batch = min(batch, CPU_TIMING_BATCH)
-    times = measure(layout, geometry, batch, key.dtype, passes)
+    times = measure(layout, geometry, max(1, key.batch // batch_divisor), key.dtype, passes)
     picks = {which: best(times[which])[0] for which in passes}
     choice = Choice(*(picks.get(which, picks['forward']) for which in PASSES))
     plan.choices[key_id] = choice
-    new[key_id] = {'choice': list(choice), 'ms': times}
+    new[key_id] = {'choice': list(choice), 'passes': list(passes), 'ms': times}
     log(f'tuned {key_id} in {time.perf_counter() - start:.1f} s: {tuple(choice)}')
   if new:
     cache.put(new)

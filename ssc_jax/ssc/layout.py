@@ -15,9 +15,10 @@ The parameters hold only kept weights:
   the flat vector of the kept ones in that order.
 
 Every other layout a lowering needs (the padded grouped HWIO kernel, one
-kernel per group of outputs sharing a pattern, the dense kernel) is one
-`jnp.take` of the flat parameters and a zero slot through a static index, so
-gradients never leave the pattern.
+kernel per group of outputs sharing a pattern, the dense kernel) is described
+by a static index and built by scattering the stored weights to unique
+positions of a zero array (`take_flat`), so gradients never leave the pattern
+and flow back as gathers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 
 from ssc_jax.ssc.structure import SSCStructure
 from ssc_jax.ssc.structure import group_starts
+from ssc_jax.ssc.structure import read_only as _read_only
 
 Array = jax.Array
 
@@ -41,11 +43,6 @@ class Fans(NamedTuple):
   fan-out (positions x outputs) of the input it reads, in the parameter's shape."""
   fan_in: np.ndarray
   fan_out: np.ndarray
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-  array.setflags(write=False)
-  return array
 
 
 def _index(shape: Tuple[int, ...], targets: Tuple[np.ndarray, ...], size: int) -> np.ndarray:
@@ -66,7 +63,7 @@ def _placement(index: np.ndarray, size: int) -> Tuple[np.ndarray, Optional[np.nd
   in order.
   """
   cached = _PLACEMENTS.get((id(index), size))
-  if cached is None or cached[0] is not index:
+  if cached is None:  # the cache holds `index` itself, so its id is not reused
     flat = index.reshape(-1)
     placed = np.flatnonzero(flat < size)
     entries = flat[placed]
@@ -318,17 +315,21 @@ class Layout:
   kernel: Optional[KernelLayout]
   mix: Optional[MixLayout]
 
+  def gather(self, kernel: Optional[Array], mix: Optional[Array], index: np.ndarray) -> Array:
+    """`take_flat` of the layer's weights (kernel then mix, flattened) through `index`."""
+    parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
+    return take_flat(jnp.concatenate(parts), index)
+
   @functools.cached_property
   def dense_index(self) -> np.ndarray:
     """(KH, KW, M, N) into [flat kernel, flat mix, 0]: the dense kernel's gather."""
     s = self.structure
     kh, kw = s.kernel_size
-    kw_ = self.kernel
     positions, ins, outs = [], [], []
-    if kw_ is not None:
-      positions.append(kw_.entry_position)
-      ins.append(kw_.entry_in)
-      outs.append(kw_.entry_out)
+    if self.kernel is not None:
+      positions.append(self.kernel.entry_position)
+      ins.append(self.kernel.entry_in)
+      outs.append(self.kernel.entry_out)
     if self.mix is not None:
       ch, cw = s.centre
       positions.append(np.full(self.mix.size, ch * kw + cw))
@@ -368,5 +369,5 @@ def dense_kernel(structure: SSCStructure, params: Any) -> Array:
   `ssc_structure(M, N, K, g, p, taps)` or `SSCConv(...).structure(M)`.
   """
   params = params.get('params', params)
-  parts = [params[k].reshape(-1) for k in ('kernel', 'mix') if k in params]
-  return take_flat(jnp.concatenate(parts), layout(structure).dense_index)
+  lay = layout(structure)
+  return lay.gather(params.get('kernel'), params.get('mix'), lay.dense_index)

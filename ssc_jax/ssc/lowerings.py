@@ -45,7 +45,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ssc_jax.ssc.geometry import Geometry
-from ssc_jax.ssc.layout import KernelLayout, Layout, MixLayout, take_flat
+from ssc_jax.ssc.layout import KernelLayout, Layout, MixLayout
 
 Array = jax.Array
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
@@ -169,8 +169,7 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
 # --- whole lowerings ------------------------------------------------------------
 
 def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
-  weights = take_flat(jnp.concatenate(parts), layout.dense_index)
+  weights = layout.gather(kernel, mix, layout.dense_index)
   conv = functools.partial(lax.conv_general_dilated, window_strides=geometry.strides,
                            padding=geometry.pads, dimension_numbers=_DIMENSIONS,
                            precision=precision)
@@ -178,8 +177,7 @@ def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Arr
 
 
 def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
-  weights = take_flat(jnp.concatenate(parts), layout.shift_index)  # (T, M, N)
+  weights = layout.gather(kernel, mix, layout.shift_index)  # (T, M, N)
   kw = layout.structure.kernel_size[1]
   y = None
   for t, position in enumerate(layout.shift_positions):
@@ -189,6 +187,11 @@ def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Ar
 
 
 WHOLE = {'dense': _dense, 'shifts': _shifts}
+
+
+def is_name(name: str) -> bool:
+  """Whether `name` is written as a lowering (a layer may still be unable to run it)."""
+  return isinstance(name, str) and (name in WHOLE or bool(_NAME.match(name)))
 
 
 def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
@@ -217,10 +220,12 @@ def physical_groups(name: str, layout: Layout) -> Optional[int]:
 
 def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layout: Layout,
         geometry: Geometry, precision) -> Array:
-  """The layer (no bias) on a (B, H, W, M) input by the lowering `name`."""
+  """The layer (no bias) on a (B, H, W, M) input by the lowering `name` (`check` it first)."""
   if name in WHOLE:
     return WHOLE[name](x, kernel, mix, layout, geometry, precision)
   match = _NAME.match(name)
+  if match is None:
+    raise ValueError(f'lowering {name!r} is not a lowering name (see ssc_jax.ssc.lowerings)')
   parts = []
   if layout.kernel is not None:
     groups = physical_groups(name, layout)
@@ -252,8 +257,6 @@ def candidates(layout: Layout) -> List[str]:
     kxk += [f'grouped{d}' for d in coarse[:1]] + (['grouped1'] if s.g > 1 else []) + ['taps']
   mixes = list(MIXES) if layout.mix is not None else ['einsum']
   names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
-  if layout.kernel is None:
-    names = names[:len(mixes)]  # the KxK choice means nothing without a KxK part
   return list(WHOLE) + names
 
 

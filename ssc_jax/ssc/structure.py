@@ -14,7 +14,8 @@ Spatial patterns (`taps`), each containing the centre (K//2, K//2):
 'x' (offsets from the centre with an even sum), 'alternate' (output n uses
 'cross' when n is even and 'x' when n is odd), or an explicit K x K grid of
 0/1, the same for every output (a string '010/111/010' is read row by row).
-A pattern that keeps every position is 'full'.
+A grid of a named pattern is that name (every position: 'full'), and a layer
+without a KxK part (g = None) has no pattern.
 
 Everything here is static numpy, computed once per (M, N, K, g, p, taps) and
 read-only: `ssc_structure` validates and caches.
@@ -35,7 +36,8 @@ TAPS = ('full', 'cross', 'x', 'alternate')
 Taps = Union[str, Tuple[Tuple[int, ...], ...]]
 
 
-def _read_only(array: np.ndarray) -> np.ndarray:
+def read_only(array: np.ndarray) -> np.ndarray:
+  """`array`, marked read-only (shared by every layer of a cached structure)."""
   array.setflags(write=False)
   return array
 
@@ -76,8 +78,9 @@ def normalize_taps(taps: Union[str, Sequence[Sequence[int]], np.ndarray],
     raise ValueError(f'{owner}: taps={taps!r} must be {expected}') from None
   if grid.shape != (kh, kw) or not np.isin(grid, (0, 1)).all() or not grid[kh // 2, kw // 2]:
     raise ValueError(f'{owner}: taps={taps!r} must be {expected}')
-  if grid.all():
-    return 'full'
+  for name in ('full', 'cross', 'x'):  # a grid of a named pattern is that pattern
+    if np.array_equal(grid.astype(bool), pattern_grid(name, kernel_size)):
+      return name
   return tuple(tuple(int(v) for v in row) for row in grid)
 
 
@@ -121,17 +124,17 @@ class SSCStructure:
   @functools.cached_property
   def in_starts(self) -> np.ndarray:
     """(g + 1,) first input channel of each KxK group, and M."""
-    return _read_only(group_starts(self.in_features, self.g))
+    return read_only(group_starts(self.in_features, self.g))
 
   @functools.cached_property
   def out_starts(self) -> np.ndarray:
     """(g + 1,) first output channel of each KxK group, and N."""
-    return _read_only(group_starts(self.features, self.g))
+    return read_only(group_starts(self.features, self.g))
 
   @functools.cached_property
   def out_group(self) -> np.ndarray:
     """(N,) the KxK group of each output channel."""
-    return _read_only(np.arange(self.features) * self.g // self.features)
+    return read_only(np.arange(self.features) * self.g // self.features)
 
   @property
   def kernel_divisible(self) -> bool:
@@ -143,8 +146,8 @@ class SSCStructure:
     """(M, N) bool: c and n in the same KxK group (all False if g is None)."""
     m, n = self.in_features, self.features
     if self.g is None:
-      return _read_only(np.zeros((m, n), bool))
-    return _read_only((np.arange(m)[:, None] * self.g // m) == self.out_group[None, :])
+      return read_only(np.zeros((m, n), bool))
+    return read_only((np.arange(m)[:, None] * self.g // m) == self.out_group[None, :])
 
   # --- the spatial pattern --------------------------------------------------
 
@@ -156,15 +159,15 @@ class SSCStructure:
       even = np.arange(n) % 2 == 0
       cross = pattern_grid('cross', self.kernel_size)[..., None]
       x = pattern_grid('x', self.kernel_size)[..., None]
-      return _read_only(np.where(even, cross, x))
+      return read_only(np.where(even, cross, x))
     grid = (pattern_grid(self.taps, self.kernel_size) if isinstance(self.taps, str)
             else np.asarray(self.taps, bool))
-    return _read_only(np.repeat(grid[..., None], n, axis=-1))
+    return read_only(np.repeat(grid[..., None], n, axis=-1))
 
   @functools.cached_property
   def taps_per_output(self) -> np.ndarray:
     """(N,) positions in each output's pattern."""
-    return _read_only(self.tap_mask.sum(axis=(0, 1)))
+    return read_only(self.tap_mask.sum(axis=(0, 1)))
 
   # --- the mixing part ------------------------------------------------------
 
@@ -173,9 +176,9 @@ class SSCStructure:
     """(M, N) bool: c joined to n by the 1x1 mixing part."""
     m, n = self.in_features, self.features
     if self.p is None:
-      return _read_only(np.zeros((m, n), bool))
+      return read_only(np.zeros((m, n), bool))
     same_residue = (np.arange(m)[:, None] - np.arange(n)[None, :]) % self.p == 0
-    return _read_only(same_residue & ~self.same_group)
+    return read_only(same_residue & ~self.same_group)
 
   # --- the whole layer ------------------------------------------------------
 
@@ -185,17 +188,17 @@ class SSCStructure:
     mask = self.same_group[None, None, :, :] & self.tap_mask[:, :, None, :]
     ch, cw = self.centre
     mask[ch, cw] |= self.mix_pairs
-    return _read_only(mask)
+    return read_only(mask)
 
   @functools.cached_property
   def fan_in(self) -> np.ndarray:
     """(N,) the real number of inputs (positions x channels) of each output."""
-    return _read_only(self.mask.sum(axis=(0, 1, 2)))
+    return read_only(self.mask.sum(axis=(0, 1, 2)))
 
   @functools.cached_property
   def fan_out(self) -> np.ndarray:
     """(M,) the real number of outputs (positions x channels) each input feeds."""
-    return _read_only(self.mask.sum(axis=(0, 1, 3)))
+    return read_only(self.mask.sum(axis=(0, 1, 3)))
 
   # --- counts ---------------------------------------------------------------
 
@@ -275,9 +278,10 @@ def ssc_structure(in_features: int, features: int,
                f'min(M, N) for M={in_features} input, N={features} output channels')
   _check_range(owner, 'p', p, max(in_features, features),
                f'max(M, N) for M={in_features} input, N={features} output channels')
+  taps = normalize_taps(taps, kernel_size, owner)
   return _cached_structure(int(in_features), int(features), kernel_size,
                            None if g is None else int(g), None if p is None else int(p),
-                           normalize_taps(taps, kernel_size, owner))
+                           'full' if g is None else taps)  # no KxK part: nothing to pattern
 
 
 def ssc_mask(in_features: int, features: int, kernel_size: Union[int, Sequence[int]],
