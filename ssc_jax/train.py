@@ -227,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   checkpointer = checkpointing.Checkpointer(workdir, config, allow_changes)
   plan, tuning_seconds = tuning.run_plan(config, model, spec.image_shape, workdir)
-  with autotune.installed(plan):  # every process traces the same init program
+  with autotune.installed(tuning.init_plan(plan)):  # the same init program on every process
     state = create_train_state(model, tx, spec.image_shape, jax.random.key(config.seed), mesh)
   state = checkpointer.restore(state)
   start_step = int(state.step)

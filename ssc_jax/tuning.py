@@ -79,6 +79,16 @@ def _broadcast(plan: autotune.Plan) -> autotune.Plan:
   return autotune.Plan.from_json(json.loads(bytes(data).decode()))
 
 
+def init_plan(plan: autotune.Plan) -> autotune.Plan:
+  """The plan to trace the parameter init under: the run's forced lowering, else 'dense'.
+
+  The init's forward pass (batch 1) is dead code that jit removes; fixing its
+  lowering keeps the init program the same on every process without asking
+  the cache file about batch-1 layers that the run's plan does not hold.
+  """
+  return plan if plan.force is not None else autotune.Plan(force='dense')
+
+
 def run_plan(config, model, image_shape, workdir: epath.Path) -> Tuple[autotune.Plan, float]:
   """(the run's plan, seconds spent choosing it); reads or writes `workdir`/lowerings.json."""
   start = time.perf_counter()
