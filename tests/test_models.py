@@ -1,5 +1,6 @@
 """The paper networks: dense parameter counts, settings, forward passes, errors."""
 
+import functools
 import flax
 import jax
 import jax.numpy as jnp
@@ -173,14 +174,15 @@ def test_forward_train_and_eval(network, dtype, shape):
     settings = dict(g=(1, 2, 4), p=(1, 2, 2))
   model = models.create_model(_model_config(network, dtype=dtype, **settings), 7)
   x = jax.random.normal(jax.random.key(1), (2,) + shape)
-  variables = model.init(jax.random.key(0), x, train=False)
-  logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
+  logits, updates = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
+      variables, x)
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],
                          updates['batch_stats'])
   assert all(jax.tree.leaves(changed))
-  eval_logits = model.apply(variables, x, train=False)
+  eval_logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
   assert eval_logits.shape == (2, 7) and eval_logits.dtype == jnp.float32
   leaves = jax.tree.leaves(variables['params'])
   assert all(leaf.dtype == jnp.float32 for leaf in leaves)

@@ -300,6 +300,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert f'from step {max(steps)}' in resumed.stderr
 
 
+@pytest.mark.slow  # the step itself: test_train_step_agrees_on_four_devices_every_step
 def test_four_devices_match_one(tmp_path):
   """The main job on 4 simulated CPU devices gives the 1-device run's result.
 

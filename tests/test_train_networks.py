@@ -52,7 +52,8 @@ def assert_trained(first, last, losses, num_steps):
     assert not still, f'{name} did not change: {still}'
 
 
-@pytest.mark.parametrize('config_name', ['cifar10_vgg19_10.py', 'cifar100_resnet32_10.py'])
+@pytest.mark.parametrize('config_name', [  # ResNet-32 trains on real images below
+    'cifar10_vgg19_10.py', pytest.param('cifar100_resnet32_10.py', marks=pytest.mark.slow)])
 def test_cifar_networks_train_on_mock_data(mock_tfds, config_name):
   config = load_config(config_name)
   config.batch_size = 8
@@ -85,8 +86,8 @@ def test_resnet50_train_step_small_images():
 
 
 def test_loss_falls_on_cifar10_jpeg_subset(tmp_path):
-  """ResNet-32 (10% ticket, width 1) on 1,000 real CIFAR-10 images, device pipeline."""
-  root = small_cifar(tmp_path / 'cifar', train_per_class=100, test_per_class=20)
+  """ResNet-32 (10% ticket, width 1) on 600 real CIFAR-10 images, device pipeline."""
+  root = small_cifar(tmp_path / 'cifar', train_per_class=60, test_per_class=20)
   config = load_config('cifar10_resnet32_10.py')
   config.update(dict(data_source='folder', folder_dir=root, pipeline='device', batch_size=50,
                      eval_batch_size=100, num_epochs=6, lr_boundaries_epochs=(),
@@ -96,6 +97,6 @@ def test_loss_falls_on_cifar10_jpeg_subset(tmp_path):
   summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
   lines = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   losses = [l['train_loss'] for l in lines if 'train_loss' in l]
-  assert len(losses) == 14  # all 1,000 images (a paper row): 120 steps, logged every 9 and last
+  assert len(losses) == 8  # all 600 images (a paper row): 72 steps, logged every 9
   assert losses[-1] < losses[0] - 0.2, losses
   assert summary['test_top1'] > 0.15  # 10 classes: chance is 0.1
