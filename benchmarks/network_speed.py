@@ -20,6 +20,7 @@ import datetime
 import platform
 import re
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +45,17 @@ def dense_baseline(name: str) -> str:
   return re.sub(r'_(\d+|ablation_\d+)$', '_dense', name)
 
 
-def measure(name: str, args, lowering: str) -> dict:
-  """Tuning seconds, train-step and eval-forward ms of one config under `lowering`."""
+class Steps(NamedTuple):
+  """One config's compiled steps on random batches, ready to time or profile."""
+  config: Any
+  plan: autotune.Plan
+  tuning_s: float
+  train: Callable[[], Any]  # one train step (the state carried over); returns its loss
+  evaluate: Callable[[], Any]  # one eval forward; returns its loss
+
+
+def prepare(name: str, args, lowering: str) -> Steps:
+  """Config `name` under `lowering`: its plan (timed), state, and train and eval steps."""
   config = config_lib.load_config_module(CONFIG_DIR / f'{name}.py').get_config()
   config.lowering = lowering
   if args.batch:
@@ -80,16 +90,26 @@ def measure(name: str, args, lowering: str) -> dict:
     holder['state'], step_metrics, _ = train_step(holder['state'], train_batch)
     return step_metrics.loss.total
 
-  with autotune.installed(plan):
-    train_ms = autotune.median_ms(step, (), args.repeats)
-    eval_ms = (float('nan') if args.no_eval else autotune.median_ms(
-        lambda: eval_step(holder['state'], eval_batch).loss.total, (), args.repeats))
+  def evaluate():
+    return eval_step(holder['state'], eval_batch).loss.total
+
+  return Steps(config, plan, tuning_s, step, evaluate)
+
+
+def measure(name: str, args, lowering: str) -> dict:
+  """Tuning seconds, train-step and eval-forward ms of one config under `lowering`."""
+  steps = prepare(name, args, lowering)
+  config = steps.config
+  with autotune.installed(steps.plan):  # the steps are traced at their first call
+    train_ms = autotune.median_ms(steps.train, (), args.repeats)
+    eval_ms = (float('nan') if args.no_eval else
+               autotune.median_ms(steps.evaluate, (), args.repeats))
   result = budget.budget(config)
-  return dict(tuning_s=tuning_s, train_ms=train_ms, eval_ms=eval_ms,
+  return dict(tuning_s=steps.tuning_s, train_ms=train_ms, eval_ms=eval_ms,
               train_ips=config.batch_size / train_ms * 1000,
               eval_ips=config.eval_batch_size / eval_ms * 1000,
               batch=config.batch_size, mac_fraction=result.macs / result.dense_macs,
-              layers=len(plan.choices))
+              layers=len(steps.plan.choices))
 
 
 def main():

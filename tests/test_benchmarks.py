@@ -1,6 +1,7 @@
 """The benchmark scripts run and print the tables they promise (no speed is asserted)."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -103,3 +104,20 @@ def test_gpu_acceptance_refuses_bad_settings(tmp_path):
   existing = _acceptance(f'--out={tmp_path}', f'--archive={archive}', '--dry-run')
   assert existing.returncode == 2 and 'cifar10_resnet32_dense exists' in existing.stderr
   assert subprocess.run(['bash', '-n', str(ACCEPTANCE)]).returncode == 0
+
+
+def test_network_profile_table():
+  """The op kinds of a traced train step, largest first; YNNPACK's matmuls among them."""
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/network_profile.py', '--config=default', '--calls=1',
+       '--top=50'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'^wall \d+\.\d ms per call \(median of 1, untraced\); XLA ops (\d+\.\d) ms',
+                   result.stdout, re.M), result.stdout
+  rows = _table_rows(result.stdout, '')[1:]  # below the header
+  kinds = [row[0].strip() for row in rows]
+  ms = [_number(row[1]) for row in rows]
+  assert len(rows) > 3 and ms == sorted(ms, reverse=True) and ms[-1] >= 0
+  assert not any(re.search(r'\.\d+$', kind) for kind in kinds)  # numbers dropped: kinds
+  shares = [_number(row[2].strip().rstrip('%')) for row in rows]
+  assert abs(sum(shares) - 100) < 1  # --top covers every kind here
