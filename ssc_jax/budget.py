@@ -178,11 +178,12 @@ def settings_groups(model_config, num_classes: int, input_channels: int = 3,
   return counts, sorted(groups.values(), key=lambda g: (g.field, g.index)), fixed
 
 
-def solve_ticket(model_config, num_classes: int, target: float,
-                 input_channels: int = 3) -> tickets.Ticket:
-  """Per-filter-count settings of `model_config`'s network that keep `target` (`tickets.solve`)."""
+def solve_ticket(model_config, num_classes: int, target: float, input_channels: int = 3,
+                 source: str = 'config.model.ticket') -> tickets.Ticket:
+  """Per-filter-count settings of `model_config`'s network that keep `target` (`tickets.solve`;
+  errors name `source`)."""
   counts, groups, fixed = settings_groups(model_config, num_classes, input_channels)
-  return tickets.solve(counts, groups, fixed, target, model_config.name)
+  return tickets.solve(counts, groups, fixed, target, model_config.name, source)
 
 
 def resolve_ticket(model_config, num_classes: int,
@@ -279,7 +280,8 @@ def _report(config) -> None:
   output: Dict[str, Any] = {}
   num_classes, input_shape = dataset_facts(config.dataset)
   if flags.FLAGS.target is not None:
-    ticket = solve_ticket(config.model, num_classes, flags.FLAGS.target, input_shape[-1])
+    ticket = solve_ticket(config.model, num_classes, flags.FLAGS.target, input_shape[-1],
+                          source='--target')
     with config.unlocked():
       config.model.ticket = None
       for field, value in ticket.settings.items():

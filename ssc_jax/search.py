@@ -180,7 +180,7 @@ def propose(config: ml_collections.ConfigDict, target: float, n: int, metric: st
     counts, groups, fixed = budget.settings_groups(
         model_config, num_classes, input_shape[-1],
         macs_at=input_shape[:2] if metric == 'macs' else None)
-    combos = list(tickets.combinations(counts, groups, fixed, target))
+    combos = list(tickets.combinations(counts, groups, fixed, target, source='--target'))
     pool = [c for c in combos if abs(c.fraction - target) <= tickets.TOLERANCE]
     exact = [c for c in pool if c.exact]
     pool = exact if len(exact) >= n else pool  # budgets as equal as the pool allows

@@ -152,7 +152,8 @@ def _settings(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup],
 
 
 def combinations(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
-                 target: float, alternatives: bool = True) -> Iterator[Combination]:
+                 target: float, alternatives: bool = True,
+                 source: str = 'config.model.ticket') -> Iterator[Combination]:
   """The solver's enumeration: settings per group that keep about `target` of the count.
 
   `counts`, `groups` and `fixed` (the count of the layers that stay dense) come from
@@ -173,7 +174,7 @@ def combinations(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup]
   reference profile. Deterministic.
   """
   if not 0.0 < target <= 1.0:
-    raise ValueError(f'config.model.ticket={target}: the target must be in (0, 1]')
+    raise ValueError(f'{source}={target}: the target must be in (0, 1]')
   total = fixed + sum(group.dense for group in groups)
   chains = _chains(groups)
   dense = {id(g) for chain in chains
@@ -253,21 +254,21 @@ def reachable(groups: List[SettingsGroup], fixed: int) -> Tuple[float, float]:
 
 
 def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
-          target: float, network: str) -> Ticket:
+          target: float, network: str, source: str = 'config.model.ticket') -> Ticket:
   """Per-filter-count settings that keep `target` of the network's weights.
 
   `counts`, `groups` and `fixed` come from `ssc_jax.budget.settings_groups`;
-  `network` names it in errors. The lowest score of the preferred
+  `network` names it in errors, `source` the setting the target came from. The lowest score of the preferred
   `combinations` wins (the first on ties).
 
   Raises ValueError if no setting lands within `TOLERANCE` of the target.
   """
-  best = min(combinations(counts, groups, fixed, target, alternatives=False),
+  best = min(combinations(counts, groups, fixed, target, alternatives=False, source=source),
              key=lambda c: c.score, default=None)
   if best is None or abs(best.fraction - target) > TOLERANCE:
     low, high = reachable(groups, fixed)
     closest = '' if best is None else f'; closest: {best.fraction:.4f}'
-    raise ValueError(f'config.model.ticket={target}: no per-filter-count (g, p) of '
+    raise ValueError(f'{source}={target}: no per-filter-count (g, p) of '
                      f'{network} keeps that fraction of its weights within '
                      f'{TOLERANCE} (its settings keep {low:.4f} to {high:.4f}{closest})')
   return Ticket(best.settings, best.fraction, target)

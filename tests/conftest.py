@@ -5,6 +5,15 @@ import tensorflow_datasets as tfds
 
 from ssc_jax.ssc import autotune
 
+# Modules whose tests train real runs (tens of seconds each), run first: the two xdist
+# workers then end on short tests and finish together.
+_HEAVY_MODULES = ('test_train.py', 'test_multihost.py', 'test_train_networks.py',
+                  'test_search.py', 'test_console.py', 'test_report.py', 'test_lowerings.py')
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.path.name not in _HEAVY_MODULES)  # stable: order kept within
+
 
 @pytest.fixture(autouse=True)
 def autotune_cache(tmp_path, monkeypatch):

@@ -131,7 +131,9 @@ def test_refused_resume_is_one_line_debug_and_verbosity_show_more(checkpointed):
 
 def test_budget_user_errors_are_one_line():
   for flag, message in (('--config.model.gg=3', 'did you mean model.g'),
-                        ('--config.model.g=(1,4,200)', 'g=200 is out of range')):
+                        ('--config.model.g=(1,4,200)', 'g=200 is out of range'),
+                        ('--target=0.00001', 'error: --target=1e-05: no per-filter-count'),
+                        ('--config.model.ticket=2.0', 'error: config.model.ticket=2.0: the target')):
     result = run_module('ssc_jax.budget', '--config=configs/default.py', flag)
     assert result.returncode == 2 and result.stdout == ''
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr

@@ -2,6 +2,7 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,6 +196,31 @@ def test_tune_caches_its_choices_and_choose_follows_plan_cache_rule(tmp_path, mo
     y = module.apply(jax.tree.map(jnp.ones_like, variables), x + 1.0)
   reference = module.clone(implementation='dense').apply(jax.tree.map(jnp.ones_like, variables),
                                                          x + 1.0)
+  assert _relative(y, reference) < 1e-5
+
+
+class _TwoLayers(nn.Module):
+  implementation: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = SSCConv(16, 3, g=4, p=2, taps='cross', implementation=self.implementation)(x)
+    x = SSCConv(24, 3, strides=2, g=8, p=3, implementation=self.implementation)(nn.relu(x))
+    return SSCConv(8, 1, g=None, p=4, implementation='dense')(x)  # forced: not tuned
+
+
+def test_tune_model_plans_every_auto_layer_of_a_model(tmp_path, monkeypatch):
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  calls = []
+  monkeypatch.setattr(autotune, 'measure', _fake_measure(calls))
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 12))
+  variables = _TwoLayers().init(jax.random.key(1), x)
+  plan = autotune.tune_model(_TwoLayers().apply, variables, x)
+  assert len(plan.choices) == len(calls) == 2
+  assert set(plan.choices.values()) == {('taps+matmul', 'dense', 'shifts')}
+  with autotune.installed(plan):
+    y = jax.jit(_TwoLayers().apply)(variables, x)
+  reference = _TwoLayers(implementation='dense').apply(variables, x)
   assert _relative(y, reference) < 1e-5
 
 

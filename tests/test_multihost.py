@@ -99,6 +99,7 @@ def test_two_processes_match_one_process(runs):
   assert sum('"step": 10' in line and 'train_loss' in line for line in lines) == 1
 
 
+@pytest.mark.slow  # the 2-process run itself: test_two_processes_match_one_process
 def test_checkpoints_move_between_process_counts(runs):
   """2 processes -> 1 process (1 device) and 1 process -> 2 processes (1 device each)."""
   resume = ['--config.num_train_steps=15', *FLAGS]
