@@ -258,8 +258,8 @@ def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed
   """Per-filter-count settings that keep `target` of the network's weights.
 
   `counts`, `groups` and `fixed` come from `ssc_jax.budget.settings_groups`;
-  `network` names it in errors, `source` the setting the target came from. The lowest score of the preferred
-  `combinations` wins (the first on ties).
+  errors name the `network` and the setting the target came from (`source`).
+  The lowest score of the preferred `combinations` wins (the first on ties).
 
   Raises ValueError if no setting lands within `TOLERANCE` of the target.
   """

@@ -52,6 +52,7 @@ def test_default_run_console(tmp_path):
   # 630 steps: 32 progress lines, 30 evaluations, the config, parameters and summary.
   assert 100 < len(lines) < 130, result.stderr
   assert not [line for line in lines if LIBRARY_LINES.search(line)]
+  assert not [line for line in lines if 'warning' in line.lower()]  # e.g. a plan's unknown layer
   assert 'Config, where it differs from config_lib.base():' in lines
   assert any('dataset=digits' in line and 'batch_size=64' in line for line in lines)
   assert 'Total: 15,834 -- 63,336 bytes' in lines  # the parameter overview
