@@ -108,8 +108,7 @@ def measure(name: str, args, lowering: str) -> dict:
   return dict(tuning_s=steps.tuning_s, train_ms=train_ms, eval_ms=eval_ms,
               train_ips=config.batch_size / train_ms * 1000,
               eval_ips=config.eval_batch_size / eval_ms * 1000,
-              batch=config.batch_size, mac_fraction=result.macs / result.dense_macs,
-              layers=len(steps.plan.choices))
+              batch=config.batch_size, mac_fraction=result.macs / result.dense_macs)
 
 
 def main():

@@ -54,7 +54,8 @@ def decide_plan(model, config, image_shape) -> autotune.Plan:
     return autotune.Plan({key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
                           for key_id, (key, layout, geometry) in {**train, **evaluate}.items()})
   plan = autotune.tune(train, jax.device_count(), log=logging.info)
-  twins = {dataclasses.replace(key, batch=0): plan.choices[key_id] for key_id, (key, _, _) in train.items()}
+  twins = {dataclasses.replace(key, batch=0): plan.choices[key_id]
+           for key_id, (key, _, _) in train.items()}
   alone = {}
   for key_id, value in evaluate.items():
     twin = twins.get(dataclasses.replace(value[0], batch=0))
@@ -102,13 +103,15 @@ def run_plan(config, model, image_shape, workdir: epath.Path) -> Tuple[autotune.
             else decide_plan(model, config, image_shape))
   plan = _broadcast(plan)  # process 0 read or decided it; every process compiles it
   seconds = time.perf_counter() - start
+  if jax.process_index() != 0:
+    logging.info('Lowerings of %d SSC layer shapes received from process 0.', len(plan.choices))
+    return plan, seconds
   if resumed:
     logging.info('Lowerings of %d SSC layer shapes read from %s.', len(plan.choices), path)
     return plan, seconds
-  if jax.process_index() == 0:
-    temporary = workdir / (PLAN_FILE + '.tmp')  # a kill mid-write leaves no broken plan
-    temporary.write_text(json.dumps(plan.to_json(), indent=1) + '\n')
-    temporary.rename(path)
+  temporary = workdir / (PLAN_FILE + '.tmp')  # a kill mid-write leaves no broken plan
+  temporary.write_text(json.dumps(plan.to_json(), indent=1) + '\n')
+  temporary.rename(path)
   console.show('Lowerings of %d SSC layer shapes chosen in %.1f s (%s), kept in %s.',
                len(plan.choices), seconds,
                'measured or cached' if config.autotune else 'cache file or cost rule', path)
