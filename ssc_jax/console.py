@@ -20,13 +20,14 @@ Every entry point (`python -m ssc_jax.main`, `ssc_jax.budget`, ...) runs its
 """
 
 import collections
+import contextlib
 import datetime
 import difflib
 import functools
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 from absl import app
@@ -160,15 +161,30 @@ def _console_handlers() -> list:
   return [h for h in logging.getLogger().handlers if getattr(h, 'ssc_console', False)]
 
 
-def _full_log_on_console() -> bool:
+def full_log_on_console() -> bool:
+  """Whether the flags (--verbosity, --alsologtostderr, --logtostderr) ask for the full log."""
   return FLAGS['verbosity'].present or FLAGS.alsologtostderr or FLAGS.logtostderr
+
+
+@contextlib.contextmanager
+def warnings_only() -> Iterator[None]:
+  """Within: the console shows warnings and errors only (the log file still gets all)."""
+  handlers = _console_handlers()
+  at_least_warning = lambda record: record.levelno >= logging.WARNING
+  for handler in handlers:
+    handler.addFilter(at_least_warning)
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      handler.removeFilter(at_least_warning)
 
 
 def _start_logging() -> None:
   """The console handler (quiet unless asked for all) and the buffer for the log file."""
   root = logging.getLogger()
   absl_handler = absl_logging.get_absl_handler()
-  if _full_log_on_console():
+  if full_log_on_console():
     console = absl_handler  # absl's own console, with its flags
     level = absl_logging.converter.absl_to_standard(min(FLAGS.verbosity, 1))
   else:

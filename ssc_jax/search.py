@@ -49,7 +49,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import logging
 import math
 import os
 import pathlib
@@ -114,20 +113,6 @@ class Candidate:
 def show(text: str) -> None:
   """Shows what the search tells its user (the table as it fills) on the console."""
   console.show('%s', text)
-
-
-@contextlib.contextmanager
-def _console_warnings_only():
-  """Within: the console shows warnings and errors only (the log file still gets all)."""
-  handlers = [h for h in logging.getLogger().handlers if getattr(h, 'ssc_console', False)]
-  warnings_only = lambda record: record.levelno >= logging.WARNING
-  for handler in handlers:
-    handler.addFilter(warnings_only)
-  try:
-    yield
-  finally:
-    for handler in handlers:
-      handler.removeFilter(warnings_only)
 
 
 # --- candidates --------------------------------------------------------------
@@ -319,7 +304,6 @@ class Search:
     self.candidates = propose(config, request['target'], request['candidates'],
                               request['metric'], request['taps'])
     probe = proxy_config(config, self.candidates[0], request['epochs'])
-    self.batch_size = probe.batch_size
     steps_per_epoch = partition.train_steps_per_epoch(sources.dataset_spec(probe).num_train,
                                                       probe.batch_size)
     self.total_steps = request['epochs'] * steps_per_epoch
@@ -356,7 +340,7 @@ class Search:
     config = proxy_config(self.config, candidate, self.request['epochs'], self.steps[rung])
     if self.quiet_runs:
       show(f'training {candidate.name} to step {self.steps[rung]} ...')
-    with _console_warnings_only() if self.quiet_runs else contextlib.nullcontext():
+    with console.warnings_only() if self.quiet_runs else contextlib.nullcontext():
       summary = train.train_and_evaluate(config, str(path.parent))
     if 'preempted_at_step' in summary:
       raise SearchInterrupted(
@@ -438,9 +422,10 @@ class Search:
     }
     result = _json(result)
     _write(self.dir / 'search.json', json.dumps(result, indent=2) + '\n')
-    _write(self.dir / 'search.md', format_markdown(result))
+    table = format_markdown(result)
+    _write(self.dir / 'search.md', table)
     _write(self.dir / 'best_config.py', best_config_source(self, ranked[0], rows[0]))
-    show('\n' + format_markdown(result))
+    show('\n' + table)
     show(f'best: {rows[0]["candidate"]}; train it with the full recipe: python -m '
          f'ssc_jax.main --config={self.dir / "best_config.py"} --workdir=WORKDIR')
     return result
@@ -454,7 +439,7 @@ class Search:
       if not first['images_per_second']:
         return None
       seconds += first['wall_time_s'] + (self.total_steps - first['steps']) * (
-          self.batch_size / first['images_per_second'])
+          self.config.batch_size / first['images_per_second'])
     return seconds
 
 
@@ -643,7 +628,7 @@ def main(argv):
            epochs=FLAGS.epochs, metric=FLAGS.metric, strategy=FLAGS.strategy, taps=FLAGS.taps,
            shard=FLAGS.shard, config_file=config_flags.get_config_filename(FLAGS['config']),
            command=f'python -m ssc_jax.search {argv_text}',
-           quiet_runs=not (FLAGS['verbosity'].present or FLAGS.alsologtostderr))
+           quiet_runs=not console.full_log_on_console())
   except SearchInterrupted as stopped:  # like the main job: a saved stop is no failure
     show(str(stopped))
 

@@ -118,15 +118,14 @@ class Combination:
   Attributes:
     settings: config fields 'g', 'p' (and 'p_1x1'), one entry per filter count.
     choice: (kept count, (g, p)) of each group, in the order of the groups given.
-    kept: the count the network keeps (the always-dense layers included).
-    fraction: `kept` over the dense network's count.
+    fraction: the count the network keeps (the always-dense layers included) over the
+      dense network's count.
     score: the solver's ranking (lower is better; see `combinations`).
     preferred: whether the largest group's setting is the one the solver takes
       with the other groups' settings (`solve` ranks only these).
   """
   settings: Dict[str, Tuple[Optional[int], ...]]
   choice: Tuple[Tuple[int, Setting], ...]
-  kept: int
   fraction: float
   score: tuple
   preferred: bool
@@ -239,9 +238,8 @@ def combinations(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup]
       chosen = {id(entry[0]): entry[1:] for entry in combo}  # (group, kept, setting)
       chosen[id(tuned)] = (kept, setting)
       choice = tuple(chosen[id(g)] for g in groups)
-      total_kept = fixed + others + kept
-      yield Combination(_settings(counts, groups, choice), choice, total_kept,
-                        total_kept / total, score, preferred=i == pick)
+      yield Combination(_settings(counts, groups, choice), choice,
+                        (fixed + others + kept) / total, score, preferred=i == pick)
 
 
 def reachable(groups: List[SettingsGroup], fixed: int) -> Tuple[float, float]:
