@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from network_speed import emit
 from ssc_jax import budget
 from ssc_jax import config_lib
 from ssc_jax import models
@@ -100,7 +101,7 @@ def main():
            '| first config | batch | HxW | M->N | stride | g | p | taps | MAC fraction '
            '| dense conv | lowering: fwd / fwd+bwd ms | auto (fwd, dx, dw) | auto / dense, fwd+bwd |',
            '|---|---:|---|---|---:|---:|---:|---|---:|---:|---|---|---:|']
-  print('\n'.join(lines), flush=True)
+  emit('\n'.join(lines), args.out)
   for key_id, (key, layout, geometry, name) in layers.items():
     structure = layout.structure
     dense = dense_conv_ms(key, geometry, args.repeats)
@@ -119,11 +120,8 @@ def main():
            f'| {structure.num_weights / structure.num_dense_weights:.3f} '
            f'| {dense[0]:.2f} / {dense[1]:.2f} | {"<br>".join(cells) or "-"} '
            f'| {auto[0]:.2f} / {auto[1]:.2f} ({", ".join(choice)}) | {auto[1] / dense[1]:.2f}x |')
-    lines.append(row)
-    print(row, flush=True)
-  if args.out:
-    with open(args.out, 'a') as f:
-      f.write('\n'.join(lines) + '\n\n')
+    emit(row, args.out)
+  emit('', args.out)
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ssc_jax import budget
 from ssc_jax import config_lib
@@ -111,6 +112,14 @@ def measure(name: str, args, lowering: str) -> dict:
               batch=config.batch_size, mac_fraction=result.macs / result.dense_macs)
 
 
+def emit(text: str, out) -> None:
+  """Prints `text` and appends it to the file `out` at once (a run cut short keeps its rows)."""
+  print(text, flush=True)
+  if out:
+    with open(out, 'a') as f:
+      f.write(text + '\n')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--configs', default='cifar10_resnet32_10,cifar10_vgg19_10')
@@ -131,7 +140,8 @@ def main():
            '| config | batch | tuning s | train step ms | train img/s | eval ms | eval img/s '
            '| train vs dense | eval vs dense | MAC fraction |',
            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
-  print('\n'.join(lines), flush=True)
+  logging.set_verbosity(logging.INFO)  # the tuner's progress, layer by layer, on stderr
+  emit('\n'.join(lines), args.out)
   dense_results = {}
   for name in args.configs.split(','):
     baseline = dense_baseline(name)
@@ -141,18 +151,14 @@ def main():
       row = (f'| {baseline} | {d["batch"]} | {d["tuning_s"]:.1f} | {d["train_ms"]:.1f} | '
              f'{d["train_ips"]:,.0f} | {d["eval_ms"]:.1f} | {d["eval_ips"]:,.0f} | 1.00x | 1.00x '
              f'| 1.000 |')
-      lines.append(row)
-      print(row, flush=True)
+      emit(row, args.out)
     d, r = dense_results[baseline], measure(name, args, args.lowering)
     row = (f'| {name} | {r["batch"]} | {r["tuning_s"]:.1f} | {r["train_ms"]:.1f} | '
            f'{r["train_ips"]:,.0f} | {r["eval_ms"]:.1f} | {r["eval_ips"]:,.0f} | '
            f'{r["train_ms"] / d["train_ms"]:.2f}x | {r["eval_ms"] / d["eval_ms"]:.2f}x | '
            f'{r["mac_fraction"]:.3f} |')
-    lines.append(row)
-    print(row, flush=True)
-  if args.out:
-    with open(args.out, 'a') as f:
-      f.write('\n'.join(lines) + '\n\n')
+    emit(row, args.out)
+  emit('', args.out)
 
 
 if __name__ == '__main__':

@@ -280,10 +280,23 @@ def inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
   return jax.device_put((x, kernel, mix, dy), jax.devices()[0])
 
 
+SAMPLE_MS = 2.0  # a timing sample queues calls for at least about this long
+
+
 def median_ms(compiled, args, repeats: int, calls: int = 3) -> float:
-  """Median ms of one call; each sample dispatches `calls` calls before waiting, so
-  that the host's dispatch overlaps the device work as it does inside a step."""
+  """Median ms of one call, warm-up excluded.
+
+  Each sample dispatches at least `calls` calls before waiting, and more
+  (up to 50) where one call is short, until a sample lasts about
+  `SAMPLE_MS`: the host's dispatch then overlaps the device work as it does
+  inside a step, and the wait at the end of a sample is spread over the
+  calls (on a GPU a layer often runs in less time than that wait).
+  """
   jax.block_until_ready(compiled(*args))  # warm-up
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  once_ms = 1000 * (time.perf_counter() - start)
+  calls = max(calls, min(50, int(SAMPLE_MS / max(once_ms, 1e-3))))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -306,7 +319,8 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
   """
   jobs = []
   for which in passes:
-    jobs += [(which, name, layout) for name in lowerings.WHOLE]
+    jobs += [(which, name, layout) for name in lowerings.candidates(layout)
+             if name in lowerings.WHOLE]
     for part, part_layout, names in _part_layouts(layout):
       jobs += [(which, f'{part}:{name}', part_layout) for name in names
                if not _known_slow(name, which, part_layout)]
@@ -331,7 +345,7 @@ def best(times: Dict[str, float]) -> Tuple[str, float]:
   """The fastest lowering name of one pass and its ms: a whole-layer one or the best parts summed."""
   kxk = {k[4:]: v for k, v in times.items() if k.startswith('kxk:')}
   mix = {k[4:]: v for k, v in times.items() if k.startswith('mix:')}
-  options = {name: times[name] for name in lowerings.WHOLE}
+  options = {name: ms for name, ms in times.items() if name in lowerings.WHOLE}
   kxk_name = min(kxk, key=kxk.get) if kxk else None
   mix_name = min(mix, key=mix.get) if mix else None
   if kxk_name or mix_name:
@@ -354,7 +368,7 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
   `passes` take the forward pass's choice. New measurements go to `cache` (default: the cache file).
   """
   cache = cache or Cache.default()
-  plan, new = Plan(), {}
+  plan = Plan()
   for key_id, (key, layout, geometry) in layers.items():
     known = cache.get(key_id, passes)
     if known is not None:
@@ -365,10 +379,8 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
     picks = {which: best(times[which])[0] for which in passes}
     choice = Choice(*(picks.get(which, picks['forward']) for which in PASSES))
     plan.choices[key_id] = choice
-    new[key_id] = {'choice': list(choice), 'passes': list(passes), 'ms': times}
+    cache.put({key_id: {'choice': list(choice), 'passes': list(passes), 'ms': times}})
     log(f'tuned {key_id} in {time.perf_counter() - start:.1f} s: {tuple(choice)}')
-  if new:
-    cache.put(new)
   return plan
 
 

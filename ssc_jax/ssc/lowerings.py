@@ -248,6 +248,8 @@ def candidates(layout: Layout) -> List[str]:
   The KxK part: the grouped convolution, one coarser grouping (the largest
   divisor G of g that leaves `COARSE_CHANNELS` channels a group), the masked
   dense kernel (G = 1) and 'taps'; the mix variants where the layer mixes.
+  'shifts' only where the kernel has more than one position (at 1x1 it is
+  the masked dense matmul of 'grouped+matmul').
   """
   s = layout.structure
   kxk = ['grouped']
@@ -257,7 +259,8 @@ def candidates(layout: Layout) -> List[str]:
     kxk += [f'grouped{d}' for d in coarse[:1]] + (['grouped1'] if s.g > 1 else []) + ['taps']
   mixes = list(MIXES) if layout.mix is not None else ['einsum']
   names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
-  return list(WHOLE) + names
+  whole = [n for n in WHOLE if n != 'shifts' or s.kernel_size != (1, 1)]
+  return whole + names
 
 
 def as_choice(lowering: LoweringLike) -> Choice:
