@@ -42,18 +42,69 @@ def _layers(model, config, image_shape):
   return train, {k: v for k, v in evaluate.items() if k not in train}
 
 
+def _pass_ms(model, variables, x, plan: autotune.Plan, backward: bool) -> float:
+  """Median ms of the model's inference forward pass on `x`, or (backward) of
+  its training forward and backward pass, under `plan`."""
+  def loss(params, x):
+    out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return jnp.sum(out.astype(jnp.float32))
+
+  fn = (jax.grad(loss) if backward else
+        lambda params, x: model.apply({**variables, 'params': params}, x, train=False))
+  with autotune.installed(plan):  # traced at the warm-up call
+    return autotune.median_ms(jax.jit(fn), (variables['params'], x), 3, calls=1)
+
+
+def _prefer_dense_where_faster(model, config, image_shape, layers, plan: autotune.Plan) -> None:
+  """Replaces tuned choices of `layers` by 'dense' where the whole network runs faster so.
+
+  Layers timed alone can rank lowerings otherwise than the network does (its
+  fusions, caches and launches), and 'dense' everywhere costs what the dense
+  network costs. Timed on one device at the per-device batch: first the
+  inference forward pass (the tuned forward choices against 'dense' forward
+  passes), then the training forward and backward pass (the choices so far
+  against 'dense' everywhere).
+  """
+  per_device = max(1, config.batch_size // jax.device_count())
+  dense = autotune.Choice(*('dense',) * 3)
+
+  def tuned():
+    return autotune.Plan({dataclasses.replace(key, batch=per_device).id: plan.choices[key_id]
+                          for key_id, (key, _, _) in layers.items()})
+
+  with autotune.installed(autotune.Plan(force='dense')):
+    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(
+        image_shape)), train=False))()
+  x = jax.random.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
+  for backward in (False, True):
+    if all(set(plan.choices[key_id][:1 + 2 * backward]) == {'dense'} for key_id in layers):
+      continue
+    tuned_ms = _pass_ms(model, variables, x, tuned(), backward)
+    dense_ms = _pass_ms(model, variables, x, autotune.Plan(force='dense'), backward)
+    logging.info('%s at batch %d: %.1f ms tuned, %.1f ms dense: %s.',
+                 'Forward and backward' if backward else 'Inference forward', per_device,
+                 tuned_ms, dense_ms, 'tuned kept' if tuned_ms <= dense_ms else 'dense')
+    if dense_ms < tuned_ms:
+      plan.choices.update({key_id: dense if backward else dense._replace(
+          input_grad=plan.choices[key_id].input_grad,
+          weight_grad=plan.choices[key_id].weight_grad) for key_id in layers})
+
+
 def decide_plan(model, config, image_shape) -> autotune.Plan:
   """This process's plan: cached or measured where autotune is on, else cache or rule.
 
-  The eval step's layers take the forward choice of the same layer in the
-  train step (only their batch differs); eval-only layers are tuned for the
-  forward pass.
+  Measured choices give way to 'dense' where the whole network runs faster
+  so (`_prefer_dense_where_faster`). The eval step's layers take the
+  forward choice of the same layer in the train step (only their batch
+  differs); eval-only layers are tuned for the forward pass.
   """
   train, evaluate = _layers(model, config, image_shape)
   if not config.autotune:
     return autotune.Plan({key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
                           for key_id, (key, layout, geometry) in {**train, **evaluate}.items()})
   plan = autotune.tune(train, jax.device_count(), log=logging.info)
+  if train:
+    _prefer_dense_where_faster(model, config, image_shape, train, plan)
   twins = {dataclasses.replace(key, batch=0): plan.choices[key_id]
            for key_id, (key, _, _) in train.items()}
   alone = {}

@@ -11,6 +11,7 @@ from jax import lax
 
 from ssc_jax import SSCConv, dense_kernel
 from ssc_jax import config_lib
+from ssc_jax import models
 from ssc_jax import train
 from ssc_jax import tuning
 from ssc_jax.ssc import autotune
@@ -101,6 +102,22 @@ def test_one_lowering_per_pass_matches_the_dense_reference(case):
     _check(module, choice, x, params, structure, reference, target)
 
 
+def test_channel_takes_have_gathers_as_gradients():
+  """The padded input of a non-divisible grouping reads zeros there; its gradient is no scatter."""
+  physical = layout_lib.layout(SSCConv(13, 3, g=3).structure(10)).kernel.physical(3)
+  index = physical.input_index  # groups of 4, 3, 3 channels, padded to 4
+  assert list(index) == [0, 1, 2, 3, 4, 5, 6, 10, 7, 8, 9, 10]
+  x = jax.random.normal(jax.random.key(0), (2, 3, 10))
+  weight = jax.random.normal(jax.random.key(1), (2, 3, 12))
+  loss = lambda x: jnp.sum(lowerings._take_channels(x, index) * weight)
+  padded = np.concatenate([np.asarray(x), np.zeros((2, 3, 1))], -1)
+  np.testing.assert_array_equal(lowerings._take_channels(x, index), padded[..., index])
+  want = np.zeros((2, 3, 11))
+  np.add.at(want, (Ellipsis, index), np.asarray(weight))
+  np.testing.assert_allclose(jax.grad(loss)(x), want[..., :10], rtol=1e-6)
+  assert 'scatter' not in jax.jit(jax.grad(loss)).lower(x).as_text()
+
+
 def test_taps_and_shifts_run_only_the_kept_positions():
   """'shifts' multiplies 5 shifted inputs for a 3x3 'cross' (its mix rides on the centre)."""
   layout = layout_lib.layout(SSCConv(16, 3, g=4, p=2, taps='cross').structure(16))
@@ -147,6 +164,23 @@ def test_measure_times_every_candidate_of_every_pass():
     name, ms = autotune.best(times[which])
     lowerings.check(name, layout)
     assert ms == min(ms for ms in [times[which]['dense'], times[which]['shifts'], ms])
+
+
+def test_replicated_runs_each_copy_on_its_own_inputs():
+  """A timed call of several copies computes each copy's pass, none merged or dropped."""
+  module, variables, x = _layer()
+  (key, layout, geometry), = autotune.layers_of(module.apply, variables, x).values()
+  copies = [autotune.inputs(layout, geometry, 2, jnp.float32, seed) for seed in range(3)]
+  pass_fn = autotune._pass_fn('taps+matmul', layout, geometry, 'weight_grad')
+  together = jax.jit(autotune.replicated(pass_fn))(copies)
+  assert len(together) == 3
+  for args, result in zip(copies, together):
+    for got, want in zip(result, pass_fn(*args)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(together[0][0], together[1][0])  # different inputs, different results
+  times = autotune.measure(layout, geometry, 2, jnp.float32, ('forward',), repeats=1, workers=2,
+                           copies=2)
+  assert times['forward'] and all(ms > 0 for ms in times['forward'].values())
 
 
 def test_best_adds_the_fastest_parts():
@@ -239,12 +273,49 @@ def _digits(**overrides):
   return config
 
 
+@pytest.mark.parametrize('dense_faster', [(True, True), (True, False), (False, False)],
+                         ids=['dense', 'dense-forward', 'tuned'])
+def test_tuned_choices_give_way_where_the_network_runs_faster_dense(tmp_path, monkeypatch,
+                                                                    dense_faster):
+  """The per-layer winners are timed together in the model, at the per-device batch: the
+  inference forward pass against 'dense' forward passes, then the forward and backward pass
+  against 'dense' everywhere; 'dense' replaces them where it is faster."""
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  monkeypatch.setattr(autotune, 'measure', _fake_measure([]))
+  timed = []
+
+  def pass_ms(model, variables, x, plan, backward):
+    timed.append((plan, x.shape, backward))
+    assert model.apply(variables, x, train=False).shape == (x.shape[0], 10)  # they fit
+    return 1.0 if (plan.force == 'dense') == dense_faster[backward] else 2.0
+
+  monkeypatch.setattr(tuning, '_pass_ms', pass_ms)
+  config = _digits(autotune=True, batch_size=8, eval_batch_size=8)
+  model = models.create_model(config.model, 10)
+  plan = tuning.decide_plan(model, config, (8, 8, 1))
+  assert [t[1:] for t in timed][:2] == [((8 // jax.device_count(), 8, 8, 1), False)] * 2
+  assert timed[0][0].force is None and timed[1][0].force == 'dense'
+  assert len(timed[0][0].choices) == len(plan.choices) >= 2
+  tuned = autotune.Choice('taps+matmul', 'dense', 'shifts')  # the fake timings' winners
+  if dense_faster == (True, True):
+    assert len(timed) == 4 and set(plan.choices.values()) == {('dense',) * 3}
+  elif dense_faster[0]:
+    assert [t[2] for t in timed] == [False, False, True, True]
+    assert timed[2][0].choices[next(iter(timed[2][0].choices))].forward == 'dense'
+    assert {c.forward for c in plan.choices.values()} == {'dense'}
+    assert {c[1:] for c in plan.choices.values()} == {tuned[1:]}
+  else:
+    assert len(timed) == 4 and {c[1:] for c in plan.choices.values()} == {tuned[1:]}
+    assert tuned in plan.choices.values()
+
+
 def test_a_resumed_run_compiles_the_plan_of_the_run_it_resumes(tmp_path, monkeypatch):
   """The plan is chosen once (here by fake timings that pick one lowering per pass), kept in
   the workdir, and read back on resume even when the cache says otherwise: bit-equal."""
   monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
   calls = []
   monkeypatch.setattr(autotune, 'measure', _fake_measure(calls))
+  monkeypatch.setattr(tuning, '_pass_ms', lambda *args: 2.0 if args[3].force else 1.0)
   straight = train.train_and_evaluate(_digits(autotune=True, num_train_steps=6),
                                       str(tmp_path / 'straight'))
   plan = json.loads((tmp_path / 'straight' / tuning.PLAN_FILE).read_text())

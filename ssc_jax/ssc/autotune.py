@@ -159,9 +159,10 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
   shifted-window matmuls over the kept positions ('taps') win the weight
   gradient of every SSC layer measured there but the 32-channel one with two
   groups, whose passes all favour the masked dense kernel, and with the mix
-  as a masked matmul they win the forward pass from 4 groups on. On GPU
-  there were too few measurements for more than the masked dense kernel,
-  which costs what a dense convolution costs.
+  as a masked matmul they win the forward pass from 4 groups on. On an H100
+  every candidate timed alone cost about one call (0.05-0.2 ms,
+  2026-11-27-h100.md), which ranks nothing: the rule keeps the masked dense
+  kernel there, which costs what a dense convolution costs.
   """
   s = layout.structure
   if s.g is None:
@@ -266,10 +267,10 @@ def _pass_fn(name: str, layout: Layout, geometry: Geometry, which: str) -> Calla
   return lambda x, k, m, dy: jax.vjp(lambda k, m: run(x, k, m), k, m)[1](dy)
 
 
-def inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any):
+def inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any, seed: int = 0):
   """Random (x, kernel, mix, dy) of the layer's shapes, on the first device."""
   s = layout.structure
-  keys = jax.random.split(jax.random.key(0), 4)
+  keys = jax.random.split(jax.random.key(seed), 4)
   x = jax.random.normal(keys[0], (batch,) + geometry.input_size + (s.in_features,), dtype)
   kernel = mix = None
   if layout.kernel is not None:
@@ -307,16 +308,36 @@ def median_ms(compiled, args, repeats: int, calls: int = 3) -> float:
   return 1000 * statistics.median(times)
 
 
+def copies_per_call() -> int:
+  """Independent copies of a pass that one timed call runs on the default backend.
+
+  One on CPU, where a layer takes milliseconds. Elsewhere a layer often
+  takes less than dispatching a call (on an H100, 2026-11-27, every
+  candidate of every layer of ResNet-50 at batch 128 timed 0.05-0.2 ms
+  alone, and parts timed apart each paid that floor): a call then runs 8
+  copies, each on its own inputs and weights so that XLA merges none.
+  """
+  return 1 if jax.default_backend() == 'cpu' else 8
+
+
+def replicated(fn: Callable) -> Callable:
+  """fn over a list of argument tuples: one result per tuple, in one program."""
+  return lambda copies: [fn(*args) for args in copies]
+
+
 def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
             passes: Tuple[str, ...] = PASSES, repeats: int = 3,
-            workers: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+            workers: Optional[int] = None,
+            copies: Optional[int] = None) -> Dict[str, Dict[str, float]]:
   """Milliseconds of every candidate for each pass: {pass: {name: ms}}.
 
   Each part ('kxk', 'mix') is timed alone under its own names; the results
   hold them as 'kxk:<name>' and 'mix:<name>', and the whole-layer lowerings
-  ('dense', 'shifts') under theirs.
+  ('dense', 'shifts') under theirs. Each timed call runs `copies` copies
+  of the pass (default `copies_per_call()`); the ms are per copy.
   Compilation runs on `workers` threads; timing runs one job at a time.
   """
+  copies = copies or copies_per_call()
   jobs = []
   for which in passes:
     jobs += [(which, name, layout) for name in lowerings.candidates(layout)
@@ -325,19 +346,20 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
       jobs += [(which, f'{part}:{name}', part_layout) for name in names
                if not _known_slow(name, which, part_layout)]
 
-  args = {id(job_layout): inputs(job_layout, geometry, batch, dtype)
+  args = {id(job_layout): [inputs(job_layout, geometry, batch, dtype, seed)
+                           for seed in range(copies)]
           for _, _, job_layout in jobs}
 
   def compile_job(job):
     which, label, job_layout = job
-    fn = jax.jit(_pass_fn(label.split(':')[-1], job_layout, geometry, which))
-    return fn.lower(*args[id(job_layout)]).compile()
+    fn = jax.jit(replicated(_pass_fn(label.split(':')[-1], job_layout, geometry, which)))
+    return fn.lower(args[id(job_layout)]).compile()
 
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
     compiled = list(pool.map(compile_job, jobs))
   times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
   for (which, label, job_layout), fn in zip(jobs, compiled):
-    times[which][label] = median_ms(fn, args[id(job_layout)], repeats)
+    times[which][label] = median_ms(fn, (args[id(job_layout)],), repeats) / copies
   return times
 
 

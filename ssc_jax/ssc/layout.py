@@ -212,7 +212,8 @@ class PhysicalGroups:
   Attributes:
     groups: G.
     max_in, max_out: channels per physical group, padded.
-    input_index: (G * max_in,) channels gathered into the padded input, or None.
+    input_index: (G * max_in,) channels gathered into the padded input (M: a zero
+      channel), or None.
     output_index: (N,) the column of each output, or None when all columns are real.
     kernel_index: (KH, KW, max_in, G * max_out) into the flat kernel (zero
       slot past its end), or None when the stored kernel is that array.
@@ -229,8 +230,9 @@ class PhysicalGroups:
     self.max_in, self.max_out = int(in_sizes.max()), int(out_sizes.max())
     self.input_index = None
     if not np.all(in_sizes == self.max_in):
-      local = np.minimum(np.arange(self.max_in)[None, :], in_sizes[:, None] - 1)
-      self.input_index = _read_only((in_starts[:-1, None] + local).reshape(-1))
+      local = np.arange(self.max_in)[None, :]
+      index = np.where(local < in_sizes[:, None], in_starts[:-1, None] + local, s.in_features)
+      self.input_index = _read_only(index.reshape(-1))
 
     def column(out):
       group = out * groups // s.features

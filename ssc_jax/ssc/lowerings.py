@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
@@ -87,8 +88,46 @@ def _window(x: Array, geometry: Geometry, position: Tuple[int, int]) -> Array:
                    (1,) * lead + tuple(geometry.strides) + (1,))
 
 
-def _take_channels(x: Array, index) -> Array:
-  return x if index is None else jnp.take(x, jnp.asarray(index), axis=-1)
+def _take_channels(x: Array, index: Optional[np.ndarray]) -> Array:
+  """x[..., index] (None: x itself); an entry equal to the channel count reads zero.
+
+  No channel is taken twice, so the gradient is a gather as well (JAX's own
+  transpose of a gather is a scatter-add, which GPUs run with atomics).
+  """
+  if index is None:
+    return x
+  return _channel_take(index, x.shape[-1])(x)
+
+
+_CHANNEL_TAKES: Dict[Tuple[int, int], Tuple[np.ndarray, Callable]] = {}
+
+
+def _gather_channels(x: Array, index: np.ndarray, channels: int) -> Array:
+  mode = 'fill' if np.any(index >= channels) else 'clip'
+  return jnp.take(x, jnp.asarray(index), axis=-1, mode=mode, fill_value=0)
+
+
+def _channel_take(index: np.ndarray, channels: int) -> Callable[[Array], Array]:
+  """x -> x[..., index] for inputs of `channels` channels, with a gather as its gradient."""
+  cached = _CHANNEL_TAKES.get((id(index), channels))
+  if cached is None:  # the cache holds `index` itself, so its id is not reused
+    real = np.flatnonzero(index < channels)
+    if len(np.unique(index[real])) != len(real):
+      raise ValueError('a channel index must take each channel at most once')
+    inverse = np.full(channels, len(index), np.int32)  # past the end: not taken, gradient 0
+    inverse[index[real]] = real
+
+    @jax.custom_vjp
+    def take(x):
+      return _gather_channels(x, index, channels)
+
+    def backward(_, dy):
+      return (_gather_channels(dy, inverse, len(index)),)
+
+    take.defvjp(lambda x: (take(x), None), backward)
+    cached = (index, take)
+    _CHANNEL_TAKES[(id(index), channels)] = cached
+  return cached[1]
 
 
 # --- the 1x1 mixing part --------------------------------------------------------
