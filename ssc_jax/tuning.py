@@ -25,6 +25,7 @@ from ssc_jax import console
 from ssc_jax.ssc import autotune
 
 PLAN_FILE = 'lowerings.json'
+UNIFORM_FORWARD = ('dense', 'split')  # tried on every layer at once for inference
 
 
 def _layers(model, config, image_shape):
@@ -55,20 +56,22 @@ def _pass_ms(model, variables, x, plan: autotune.Plan, backward: bool) -> float:
     return autotune.median_ms(jax.jit(fn), (variables['params'], x), 3, calls=1)
 
 
-def _prefer_dense_where_faster(model, config, image_shape, layers, plan: autotune.Plan) -> None:
-  """Replaces tuned choices of `layers` by 'dense' where the whole network runs faster so.
+def _prefer_uniform_where_faster(model, config, image_shape, layers,
+                                 plan: autotune.Plan) -> None:
+  """Replaces tuned choices of `layers` by one lowering on every layer where the
+  whole network runs faster so.
 
   Layers timed alone can rank lowerings otherwise than the network does (its
-  fusions, caches and launches), and 'dense' everywhere costs what the dense
-  network costs. Timed on one device at the per-device batch: first the
-  inference forward pass (the tuned forward choices against 'dense' forward
-  passes), then the training forward and backward pass (the choices so far
-  against 'dense' everywhere).
+  fusions, caches and launches; on CPU, 'split' forward passes beat every
+  per-layer winner in ResNet-32's inference), and 'dense' everywhere costs
+  what the dense network costs. Timed on one device at the per-device batch:
+  first the inference forward pass (the tuned forward choices against
+  `UNIFORM_FORWARD` on every layer), then the training forward and backward
+  pass (the choices so far against 'dense' everywhere).
   """
   per_device = max(1, config.batch_size // jax.device_count())
-  dense = autotune.Choice(*('dense',) * 3)
 
-  def tuned():
+  def current():
     return autotune.Plan({dataclasses.replace(key, batch=per_device).id: plan.choices[key_id]
                           for key_id, (key, _, _) in layers.items()})
 
@@ -76,27 +79,32 @@ def _prefer_dense_where_faster(model, config, image_shape, layers, plan: autotun
     variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(
         image_shape)), train=False))()
   x = jax.random.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
-  for backward in (False, True):
-    if all(set(plan.choices[key_id][:1 + 2 * backward]) == {'dense'} for key_id in layers):
+  for backward, names in ((False, UNIFORM_FORWARD), (True, ('dense',))):
+    passes = slice(0, 3 if backward else 1)
+    names = [n for n in names if any(set(c[passes]) != {n} for c in map(plan.choices.get, layers))]
+    if not names:
       continue
-    tuned_ms = _pass_ms(model, variables, x, tuned(), backward)
-    dense_ms = _pass_ms(model, variables, x, autotune.Plan(force='dense'), backward)
-    logging.info('%s at batch %d: %.1f ms tuned, %.1f ms dense: %s.',
+    current_ms = _pass_ms(model, variables, x, current(), backward)
+    times = {n: _pass_ms(model, variables, x, autotune.Plan(force=n), backward) for n in names}
+    best = min(times, key=times.get)
+    faster = times[best] < current_ms
+    logging.info('%s at batch %d: %.1f ms tuned, %s: %s.',
                  'Forward and backward' if backward else 'Inference forward', per_device,
-                 tuned_ms, dense_ms, 'tuned kept' if tuned_ms <= dense_ms else 'dense')
-    if dense_ms < tuned_ms:
-      plan.choices.update({key_id: dense if backward else dense._replace(
-          input_grad=plan.choices[key_id].input_grad,
-          weight_grad=plan.choices[key_id].weight_grad) for key_id in layers})
+                 current_ms, ', '.join(f'{times[n]:.1f} ms {n}' for n in names),
+                 f"'{best}' on every layer" if faster else 'tuned kept')
+    if faster:
+      plan.choices.update({
+          key_id: autotune.Choice(best, best, best) if backward
+          else plan.choices[key_id]._replace(forward=best) for key_id in layers})
 
 
 def decide_plan(model, config, image_shape) -> autotune.Plan:
   """This process's plan: cached or measured where autotune is on, else cache or rule.
 
-  Measured choices give way to 'dense' where the whole network runs faster
-  so (`_prefer_dense_where_faster`). The eval step's layers take the
-  forward choice of the same layer in the train step (only their batch
-  differs); eval-only layers are tuned for the forward pass.
+  Measured choices give way to one lowering on every layer where the whole
+  network runs faster so (`_prefer_uniform_where_faster`). The eval step's
+  layers take the forward choice of the same layer in the train step (only
+  their batch differs); eval-only layers are tuned for the forward pass.
   """
   train, evaluate = _layers(model, config, image_shape)
   if not config.autotune:
@@ -104,7 +112,7 @@ def decide_plan(model, config, image_shape) -> autotune.Plan:
                           for key_id, (key, layout, geometry) in {**train, **evaluate}.items()})
   plan = autotune.tune(train, jax.device_count(), log=logging.info)
   if train:
-    _prefer_dense_where_faster(model, config, image_shape, train, plan)
+    _prefer_uniform_where_faster(model, config, image_shape, train, plan)
   twins = {dataclasses.replace(key, batch=0): plan.choices[key_id]
            for key_id, (key, _, _) in train.items()}
   alone = {}

@@ -118,6 +118,23 @@ def test_channel_takes_have_gathers_as_gradients():
   assert 'scatter' not in jax.jit(jax.grad(loss)).lower(x).as_text()
 
 
+@pytest.mark.parametrize('k, taps', [(3, 'cross'), (3, 'x'), (3, '110/011/001'), (5, 'cross'),
+                                     (5, 'alternate'), (3, 'full')])
+def test_split_covers_each_kept_position_once_with_dilated_rectangles(k, taps):
+  layout = layout_lib.layout(SSCConv(12, k, g=4, p=2, taps=taps).structure(8))
+  covered = []
+  for grid in layout.subgrids:
+    for axis in (grid.rows, grid.cols):
+      assert len(set(np.diff(axis))) <= 1  # equally spaced: one dilation
+    covered += [r * k + c for r in grid.rows for c in grid.cols]
+    np.testing.assert_array_equal(grid.index,
+                                  layout.dense_index[np.ix_(grid.rows, grid.cols)])
+  assert sorted(covered) == list(layout.shift_positions)
+  if taps == 'cross' and k == 3:
+    assert [(g.rows, g.cols) for g in layout.subgrids] == [((0, 2), (1,)), ((1,), (0, 1, 2))]
+  assert ('split' in lowerings.candidates(layout)) == (taps != 'full')
+
+
 def test_taps_and_shifts_run_only_the_kept_positions():
   """'shifts' multiplies 5 shifted inputs for a 3x3 'cross' (its mix rides on the centre)."""
   layout = layout_lib.layout(SSCConv(16, 3, g=4, p=2, taps='cross').structure(16))
@@ -128,7 +145,7 @@ def test_taps_and_shifts_run_only_the_kept_positions():
 
 @pytest.mark.parametrize('implementation,match', [
     ('grouped3', r"lowering 'grouped3': 3 physical groups must divide g=4"),
-    ('convolve', r"lowering 'convolve' must be 'dense', 'shifts', or"),
+    ('convolve', r"lowering 'convolve' must be 'dense', 'shifts', 'split', or"),
     (('dense', 'taps'), r'a \(forward, input_grad, weight_grad\) triple')])
 def test_bad_lowering_names_the_field(implementation, match):
   with pytest.raises(ValueError, match=match) as error:
@@ -273,13 +290,12 @@ def _digits(**overrides):
   return config
 
 
-@pytest.mark.parametrize('dense_faster', [(True, True), (True, False), (False, False)],
-                         ids=['dense', 'dense-forward', 'tuned'])
-def test_tuned_choices_give_way_where_the_network_runs_faster_dense(tmp_path, monkeypatch,
-                                                                    dense_faster):
+@pytest.mark.parametrize('winners', [('dense', 'dense'), ('split', 'tuned'), ('tuned', 'tuned')])
+def test_tuned_choices_give_way_where_the_network_runs_faster_uniform(tmp_path, monkeypatch,
+                                                                     winners):
   """The per-layer winners are timed together in the model, at the per-device batch: the
-  inference forward pass against 'dense' forward passes, then the forward and backward pass
-  against 'dense' everywhere; 'dense' replaces them where it is faster."""
+  inference forward pass against 'dense' and 'split' forward passes on every layer, then the
+  forward and backward pass against 'dense' everywhere; the fastest stays."""
   monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
   monkeypatch.setattr(autotune, 'measure', _fake_measure([]))
   timed = []
@@ -287,26 +303,26 @@ def test_tuned_choices_give_way_where_the_network_runs_faster_dense(tmp_path, mo
   def pass_ms(model, variables, x, plan, backward):
     timed.append((plan, x.shape, backward))
     assert model.apply(variables, x, train=False).shape == (x.shape[0], 10)  # they fit
-    return 1.0 if (plan.force == 'dense') == dense_faster[backward] else 2.0
+    return 1.0 if (plan.force or 'tuned') == winners[backward] else 2.0
 
   monkeypatch.setattr(tuning, '_pass_ms', pass_ms)
   config = _digits(autotune=True, batch_size=8, eval_batch_size=8)
   model = models.create_model(config.model, 10)
   plan = tuning.decide_plan(model, config, (8, 8, 1))
-  assert [t[1:] for t in timed][:2] == [((8 // jax.device_count(), 8, 8, 1), False)] * 2
-  assert timed[0][0].force is None and timed[1][0].force == 'dense'
+  per_device = (8 // jax.device_count(), 8, 8, 1)
+  assert [t[1:] for t in timed] == [(per_device, False)] * 3 + [(per_device, True)] * 2
+  assert [t[0].force for t in timed] == [None, 'dense', 'split', None, 'dense']
   assert len(timed[0][0].choices) == len(plan.choices) >= 2
   tuned = autotune.Choice('taps+matmul', 'dense', 'shifts')  # the fake timings' winners
-  if dense_faster == (True, True):
-    assert len(timed) == 4 and set(plan.choices.values()) == {('dense',) * 3}
-  elif dense_faster[0]:
-    assert [t[2] for t in timed] == [False, False, True, True]
-    assert timed[2][0].choices[next(iter(timed[2][0].choices))].forward == 'dense'
-    assert {c.forward for c in plan.choices.values()} == {'dense'}
+  if winners == ('dense', 'dense'):
+    assert set(plan.choices.values()) == {('dense',) * 3}
+  elif winners[0] == 'split':
+    assert {c.forward for c in timed[3][0].choices.values()} == {'split'}
+    assert {c.forward for c in plan.choices.values()} == {'split'}
     assert {c[1:] for c in plan.choices.values()} == {tuned[1:]}
   else:
-    assert len(timed) == 4 and {c[1:] for c in plan.choices.values()} == {tuned[1:]}
     assert tuned in plan.choices.values()
+    assert {c[1:] for c in plan.choices.values()} == {tuned[1:]}
 
 
 def test_a_resumed_run_compiles_the_plan_of_the_run_it_resumes(tmp_path, monkeypatch):

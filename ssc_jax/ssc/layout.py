@@ -310,6 +310,29 @@ class MixLayout:
     return take_flat(mix, self.matrix_index)
 
 
+class SubGrid(NamedTuple):
+  """Kept kernel positions forming one dilated rectangle: rows x cols, each equally spaced.
+
+  index: (len(rows), len(cols), M, N) into [flat kernel, flat mix, 0], the
+  dense kernel's gather at those positions.
+  """
+  rows: Tuple[int, ...]
+  cols: Tuple[int, ...]
+  index: np.ndarray
+
+
+def _spaced_runs(values: Tuple[int, ...]) -> Tuple[Tuple[int, ...], ...]:
+  """Sorted values cut into runs of one step each, greedily: (0, 2, 3) -> (0, 2), (3,)."""
+  runs, run = [], [values[0]]
+  for value in values[1:]:
+    if len(run) == 1 or value - run[-1] == run[1] - run[0]:
+      run.append(value)
+    else:
+      runs.append(tuple(run))
+      run = [value]
+  return tuple(runs) + (tuple(run),)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Storage of both parts of a layer; None for a part without weights."""
@@ -353,6 +376,31 @@ class Layout:
     s = self.structure
     flat = self.dense_index.reshape((-1,) + (s.in_features, s.features))
     return _read_only(flat[list(self.shift_positions)])
+
+
+  @functools.cached_property
+  def subgrids(self) -> Tuple[SubGrid, ...]:
+    """The kept positions (`shift_positions`) as few dilated rectangles.
+
+    Rows with the same kept columns are grouped; each group's rows and its
+    columns are cut into equally spaced runs. A 3x3 'cross' gives its
+    centre row (1x3) and the two other centre-column taps (2x1, dilation 2);
+    an 'x', its corners (2x2, dilation 2) and the centre.
+    """
+    kw = self.structure.kernel_size[1]
+    columns: Dict[int, list] = {}
+    for position in self.shift_positions:
+      columns.setdefault(position // kw, []).append(position % kw)
+    rows_of: Dict[Tuple[int, ...], list] = {}
+    for row, cols in columns.items():
+      rows_of.setdefault(tuple(cols), []).append(row)
+    grids = []
+    for cols, rows in rows_of.items():
+      for row_run in _spaced_runs(tuple(rows)):
+        for col_run in _spaced_runs(cols):
+          index = self.dense_index[np.ix_(row_run, col_run)]
+          grids.append(SubGrid(row_run, col_run, _read_only(index)))
+    return tuple(grids)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,6 +7,10 @@ A lowering is named by how it computes each part of the layer:
 * ``'shifts'``: the whole layer as one matmul per kept kernel position, of
   the shifted input with that position's masked dense (M, N) weight (the mix
   folded in at the centre): 5 matmuls for a 3x3 'cross', no grouping.
+* ``'split'``: the whole layer as one convolution per dilated rectangle of
+  kept positions (`layout.Layout.subgrids`) with its masked dense kernel,
+  summed: a 3x3 'cross' is a 1x3 and a dilated 2x1 convolution, 5 taps'
+  work with no shifted copies of the input.
 * ``'<kxk>+<mix>'`` (``'+<mix>'`` may be left out: ``+einsum``), where
   ``<kxk>`` computes the KxK part:
 
@@ -225,7 +229,24 @@ def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Ar
   return y
 
 
-WHOLE = {'dense': _dense, 'shifts': _shifts}
+def _split(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
+  y = None
+  for grid in layout.subgrids:
+    pads, dilation = [], []
+    for (lo, hi), size, taps in zip(geometry.pads, layout.structure.kernel_size,
+                                    (grid.rows, grid.cols)):
+      step = taps[1] - taps[0] if len(taps) > 1 else 1
+      extent = taps[-1] - taps[0] + 1  # the dilated sub-kernel's span
+      pads.append((lo - taps[0], hi - size + taps[0] + extent))  # negative: crops
+      dilation.append(step)
+    term = lax.conv_general_dilated(
+        x, layout.gather(kernel, mix, grid.index), geometry.strides, pads,
+        rhs_dilation=dilation, dimension_numbers=_DIMENSIONS, precision=precision)
+    y = term if y is None else y + term
+  return y
+
+
+WHOLE = {'dense': _dense, 'shifts': _shifts, 'split': _split}
 
 
 def is_name(name: str) -> bool:
@@ -238,8 +259,8 @@ def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
   if name in WHOLE:
     return
   match = _NAME.match(name)
-  allowed = ("'dense', 'shifts', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>' (G dividing "
-             "g) or 'taps' and <mix> 'einsum' or 'matmul' (e.g. 'grouped4+matmul')")
+  allowed = ("'dense', 'shifts', 'split', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>' "
+             "(G dividing g) or 'taps' and <mix> 'einsum' or 'matmul' (e.g. 'grouped4+matmul')")
   if not match:
     raise ValueError(f'{owner}: lowering {name!r} must be {allowed}')
   groups = match.group(2)
@@ -288,7 +309,8 @@ def candidates(layout: Layout) -> List[str]:
   divisor G of g that leaves `COARSE_CHANNELS` channels a group), the masked
   dense kernel (G = 1) and 'taps'; the mix variants where the layer mixes.
   'shifts' only where the kernel has more than one position (at 1x1 it is
-  the masked dense matmul of 'grouped+matmul').
+  the masked dense matmul of 'grouped+matmul'), 'split' only where the
+  pattern leaves positions out (else it is 'dense').
   """
   s = layout.structure
   kxk = ['grouped']
@@ -298,7 +320,9 @@ def candidates(layout: Layout) -> List[str]:
     kxk += [f'grouped{d}' for d in coarse[:1]] + (['grouped1'] if s.g > 1 else []) + ['taps']
   mixes = list(MIXES) if layout.mix is not None else ['einsum']
   names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
-  whole = [n for n in WHOLE if n != 'shifts' or s.kernel_size != (1, 1)]
+  whole = ['dense'] + (['shifts'] if s.kernel_size != (1, 1) else [])
+  if len(layout.shift_positions) < s.kernel_size[0] * s.kernel_size[1]:
+    whole.append('split')
   return whole + names
 
 
