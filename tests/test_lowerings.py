@@ -290,7 +290,9 @@ def _digits(**overrides):
   return config
 
 
-@pytest.mark.parametrize('winners', [('dense', 'dense'), ('split', 'tuned'), ('tuned', 'tuned')])
+@pytest.mark.parametrize('winners', [pytest.param(('dense', 'dense'), marks=pytest.mark.slow),
+                                     ('split', 'tuned'),
+                                     pytest.param(('tuned', 'tuned'), marks=pytest.mark.slow)])
 def test_tuned_choices_give_way_where_the_network_runs_faster_uniform(tmp_path, monkeypatch,
                                                                      winners):
   """The per-layer winners are timed together in the model, at the per-device batch: the
