@@ -135,6 +135,25 @@ def test_split_covers_each_kept_position_once_with_dilated_rectangles(k, taps):
   assert ('split' in lowerings.candidates(layout)) == (taps != 'full')
 
 
+@pytest.mark.parametrize('padding, strides', [('VALID', 1), (((0, 2), (2, 0)), 2)])
+def test_split_crops_where_a_rectangle_starts_inside_the_padding(padding, strides):
+  """Sub-kernels that start past the low padding take negative padding (a crop): values and
+  both gradients equal the dense lowering's."""
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 6))
+  module = SSCConv(8, 3, strides, padding=padding, g=2, p=2, taps='cross', precision=HIGHEST,
+                   implementation='split')
+  params = module.init(jax.random.key(1), x)['params']
+  dense = module.clone(implementation='dense')
+
+  def value_and_grads(m):
+    loss = lambda params, x: jnp.sum(jnp.sin(m.apply({'params': params}, x)))
+    return m.apply({'params': params}, x), jax.grad(loss, (0, 1))(params, x)
+
+  for got, want in zip(jax.tree.leaves(value_and_grads(module)),
+                       jax.tree.leaves(value_and_grads(dense))):
+    assert _relative(got, want) < 1e-5
+
+
 def test_taps_and_shifts_run_only_the_kept_positions():
   """'shifts' multiplies 5 shifted inputs for a 3x3 'cross' (its mix rides on the centre)."""
   layout = layout_lib.layout(SSCConv(16, 3, g=4, p=2, taps='cross').structure(16))
