@@ -26,6 +26,7 @@ from ssc_jax.ssc import autotune
 
 PLAN_FILE = 'lowerings.json'
 UNIFORM_FORWARD = ('dense', 'split')  # tried on every layer at once for inference
+MARGIN = 0.97  # a whole-network check changes the choices only to gain 3% or more
 
 
 def _layers(model, config, image_shape):
@@ -67,12 +68,14 @@ def _prefer_uniform_where_faster(model, config, image_shape, layers,
   what the dense network costs. Timed on one device at the per-device batch:
   first the inference forward pass (the tuned forward choices against
   `UNIFORM_FORWARD` on every layer), then the training forward and backward
-  pass (the choices so far against 'dense' everywhere).
+  pass (the choices so far against 'dense' everywhere and, where the first
+  step changed them, the per-layer winners). A change must gain `MARGIN`.
   """
   per_device = max(1, config.batch_size // jax.device_count())
+  tuned = {key_id: plan.choices[key_id] for key_id in layers}
 
-  def current():
-    return autotune.Plan({dataclasses.replace(key, batch=per_device).id: plan.choices[key_id]
+  def at_batch(choices):
+    return autotune.Plan({dataclasses.replace(key, batch=per_device).id: choices[key_id]
                           for key_id, (key, _, _) in layers.items()})
 
   with autotune.installed(autotune.Plan(force='dense')):
@@ -81,21 +84,25 @@ def _prefer_uniform_where_faster(model, config, image_shape, layers,
   x = jax.random.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
   for backward, names in ((False, UNIFORM_FORWARD), (True, ('dense',))):
     passes = slice(0, 3 if backward else 1)
-    names = [n for n in names if any(set(c[passes]) != {n} for c in map(plan.choices.get, layers))]
-    if not names:
+    current = {key_id: plan.choices[key_id] for key_id in layers}
+    options = {n: {key_id: autotune.Choice(n, n, n) if backward else c._replace(forward=n)
+                   for key_id, c in current.items()} for n in names}
+    if backward and current != tuned:
+      options['per-layer winners'] = tuned
+    options = {n: o for n, o in options.items()
+               if any(o[k][passes] != current[k][passes] for k in layers)}
+    if not options:
       continue
-    current_ms = _pass_ms(model, variables, x, current(), backward)
-    times = {n: _pass_ms(model, variables, x, autotune.Plan(force=n), backward) for n in names}
+    current_ms = _pass_ms(model, variables, x, at_batch(current), backward)
+    times = {n: _pass_ms(model, variables, x, at_batch(o), backward) for n, o in options.items()}
     best = min(times, key=times.get)
-    faster = times[best] < current_ms
-    logging.info('%s at batch %d: %.1f ms tuned, %s: %s.',
+    faster = times[best] < MARGIN * current_ms
+    logging.info('%s at batch %d: %.1f ms as chosen, %s: %s.',
                  'Forward and backward' if backward else 'Inference forward', per_device,
-                 current_ms, ', '.join(f'{times[n]:.1f} ms {n}' for n in names),
-                 f"'{best}' on every layer" if faster else 'tuned kept')
+                 current_ms, ', '.join(f'{ms:.1f} ms {n}' for n, ms in times.items()),
+                 best if faster else 'kept')
     if faster:
-      plan.choices.update({
-          key_id: autotune.Choice(best, best, best) if backward
-          else plan.choices[key_id]._replace(forward=best) for key_id in layers})
+      plan.choices.update(options[best])
 
 
 def decide_plan(model, config, image_shape) -> autotune.Plan:

@@ -158,9 +158,8 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
   From the measurements in benchmarks/results/ (2026-11-27). On CPU,
   shifted-window matmuls over the kept positions ('taps') win the weight
   gradient of every SSC layer measured there but the 32-channel one with two
-  groups, whose passes all favour the masked dense kernel. Forward passes
-  run 'split' where the pattern leaves positions out: inside ResNet-32's
-  inference it beat every per-layer winner and 'dense'. On an H100
+  groups, whose passes all favour the masked dense kernel, and with the mix
+  as a masked matmul they win the forward pass from 4 groups on. On an H100
   every candidate timed alone cost about one call (0.05-0.2 ms,
   2026-11-27-h100.md), which ranks nothing: the rule keeps the masked dense
   kernel there, which costs what a dense convolution costs.
@@ -170,10 +169,9 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
     return lowerings.as_choice('grouped+matmul')
   if key.platform != 'cpu':
     return lowerings.as_choice('dense')
-  forward = 'split' if 'split' in lowerings.candidates(layout) else 'dense'
   if s.g == 1 or (min(s.in_features, s.features) <= 32 and s.g <= 2):
-    return Choice(forward, 'dense', 'dense')
-  return Choice(forward, 'taps', 'taps')
+    return lowerings.as_choice('dense')
+  return Choice('taps+matmul' if s.g >= 4 else 'taps', 'taps', 'taps')
 
 
 # --- the cache file -----------------------------------------------------------
@@ -340,11 +338,11 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
   Compilation runs on `workers` threads; timing runs one job at a time.
   """
   copies = copies or copies_per_call()
-  jobs = []
+  jobs, parts = [], _part_layouts(layout)  # one input set per layout, shared by the passes
   for which in passes:
     jobs += [(which, name, layout) for name in lowerings.candidates(layout)
              if name in lowerings.WHOLE]
-    for part, part_layout, names in _part_layouts(layout):
+    for part, part_layout, names in parts:
       jobs += [(which, f'{part}:{name}', part_layout) for name in names
                if not _known_slow(name, which, part_layout)]
 

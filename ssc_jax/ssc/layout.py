@@ -206,14 +206,14 @@ class PhysicalGroups:
   boundaries nest: floor(c*G/M) = floor(floor(c*g/M) / (g/G))); weights
   between logical groups of one physical group are zeros. G = g is the
   layer's own grouped convolution, G = 1 its masked dense KxK kernel. Unequal
-  groups are padded: a padding input repeats its group's last channel (its
-  weights are zero) and padding outputs are dropped.
+  groups are padded: a padding input reads a zero channel (its weights are
+  zero too) and padding outputs are dropped.
 
   Attributes:
     groups: G.
     max_in, max_out: channels per physical group, padded.
-    input_index: (G * max_in,) channels gathered into the padded input (M: a zero
-      channel), or None.
+    input_index: (G * max_in,) channels gathered into the padded input (M and
+      above: a zero channel), or None.
     output_index: (N,) the column of each output, or None when all columns are real.
     kernel_index: (KH, KW, max_in, G * max_out) into the flat kernel (zero
       slot past its end), or None when the stored kernel is that array.
@@ -231,8 +231,10 @@ class PhysicalGroups:
     self.input_index = None
     if not np.all(in_sizes == self.max_in):
       local = np.arange(self.max_in)[None, :]
-      index = np.where(local < in_sizes[:, None], in_starts[:-1, None] + local, s.in_features)
-      self.input_index = _read_only(index.reshape(-1))
+      index = np.where(local < in_sizes[:, None], in_starts[:-1, None] + local, -1).reshape(-1)
+      padding = index < 0  # each its own index past the channels: no index repeats
+      index[padding] = s.in_features + np.arange(padding.sum())
+      self.input_index = _read_only(index)
 
     def column(out):
       group = out * groups // s.features

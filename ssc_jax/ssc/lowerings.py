@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -93,45 +93,16 @@ def _window(x: Array, geometry: Geometry, position: Tuple[int, int]) -> Array:
 
 
 def _take_channels(x: Array, index: Optional[np.ndarray]) -> Array:
-  """x[..., index] (None: x itself); an entry equal to the channel count reads zero.
+  """x[..., index] (None: x itself); entries past the channel count read zero.
 
-  No channel is taken twice, so the gradient is a gather as well (JAX's own
-  transpose of a gather is a scatter-add, which GPUs run with atomics).
+  No index repeats, so the gather is marked unique and its gradient is a
+  scatter without collisions (a scatter-add into colliding positions runs
+  serialised on GPUs).
   """
   if index is None:
     return x
-  return _channel_take(index, x.shape[-1])(x)
-
-
-_CHANNEL_TAKES: Dict[Tuple[int, int], Tuple[np.ndarray, Callable]] = {}
-
-
-def _gather_channels(x: Array, index: np.ndarray, channels: int) -> Array:
-  mode = 'fill' if np.any(index >= channels) else 'clip'
-  return jnp.take(x, jnp.asarray(index), axis=-1, mode=mode, fill_value=0)
-
-
-def _channel_take(index: np.ndarray, channels: int) -> Callable[[Array], Array]:
-  """x -> x[..., index] for inputs of `channels` channels, with a gather as its gradient."""
-  cached = _CHANNEL_TAKES.get((id(index), channels))
-  if cached is None:  # the cache holds `index` itself, so its id is not reused
-    real = np.flatnonzero(index < channels)
-    if len(np.unique(index[real])) != len(real):
-      raise ValueError('a channel index must take each channel at most once')
-    inverse = np.full(channels, len(index), np.int32)  # past the end: not taken, gradient 0
-    inverse[index[real]] = real
-
-    @jax.custom_vjp
-    def take(x):
-      return _gather_channels(x, index, channels)
-
-    def backward(_, dy):
-      return (_gather_channels(dy, inverse, len(index)),)
-
-    take.defvjp(lambda x: (take(x), None), backward)
-    cached = (index, take)
-    _CHANNEL_TAKES[(id(index), channels)] = cached
-  return cached[1]
+  mode = 'fill' if np.any(index >= x.shape[-1]) else 'clip'
+  return jnp.take(x, jnp.asarray(index), axis=-1, mode=mode, fill_value=0, unique_indices=True)
 
 
 # --- the 1x1 mixing part --------------------------------------------------------
