@@ -10,6 +10,7 @@ With several processes, process 0 decides and broadcasts.
 """
 
 import dataclasses
+import functools
 import json
 import time
 from typing import Tuple
@@ -29,13 +30,17 @@ UNIFORM_FORWARD = ('dense', 'split')  # tried on every layer at once for inferen
 MARGIN = 0.97  # a whole-network check changes the choices only to gain 3% or more
 
 
+def _init(model, image_shape):
+  """The model's variables, from an init on one image (its forward pass is dead code)."""
+  return model.init(jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False)
+
+
 def _layers(model, config, image_shape):
   """The SSC layers of the train step and of the eval step, traced abstractly."""
   def batch(size):
     return jax.ShapeDtypeStruct((size,) + tuple(image_shape), jnp.float32)
 
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(
-      image_shape)), train=False))
+  variables = jax.eval_shape(functools.partial(_init, model, image_shape))
   train = autotune.layers_of(
       lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables,
       batch(config.batch_size))
@@ -79,8 +84,7 @@ def _prefer_uniform_where_faster(model, config, image_shape, layers,
                           for key_id, (key, _, _) in layers.items()})
 
   with autotune.installed(autotune.Plan(force='dense')):
-    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(
-        image_shape)), train=False))()
+    variables = jax.jit(functools.partial(_init, model, image_shape))()
   x = jax.random.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
   for backward, names in ((False, UNIFORM_FORWARD), (True, ('dense',))):
     passes = slice(0, 3 if backward else 1)

@@ -387,7 +387,9 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
   Each layer is timed at its key's batch / `batch_divisor` (the per-device
   batch of a data-parallel step: on CPU, timing at a smaller batch ranked
   'taps' first where it is slower at the run's batch); passes not in
-  `passes` take the forward pass's choice. New measurements go to `cache` (default: the cache file).
+  `passes` take the forward pass's choice. Each layer's measurements go to
+  `cache` (default: the cache file) as soon as it is timed, so a run killed
+  mid-tuning keeps them.
   """
   cache = cache or Cache.default()
   plan = Plan()

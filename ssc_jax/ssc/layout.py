@@ -379,7 +379,6 @@ class Layout:
     flat = self.dense_index.reshape((-1,) + (s.in_features, s.features))
     return _read_only(flat[list(self.shift_positions)])
 
-
   @functools.cached_property
   def subgrids(self) -> Tuple[SubGrid, ...]:
     """The kept positions (`shift_positions`) as few dilated rectangles.
