@@ -8,7 +8,7 @@ For each distinct SSC layer (channels, kernel, strides, input size, g, p,
 taps) of the named configs at their batch size (or --batch) and dataset
 input size: the dense KxK convolution of the same shape (`lax.conv`), each
 lowering of `ssc_jax.ssc.lowerings.candidates` (--lowerings=all, or a comma
-list of names), and 'auto', the autotuner's per-pass choice
+list of names; those a layer cannot run are left out), and 'auto', the autotuner's per-pass choice
 (`ssc_jax.ssc.autotune.tune`, cached in its cache file), each as forward and
 forward+backward milliseconds (median of --repeats, warm-up and compilation
 excluded), with the layer's MAC fraction (its ideal time ratio). Prints a
@@ -60,6 +60,15 @@ def time_fn(fn, key: autotune.LayerKey, layout, geometry, repeats: int):
           autotune.median_ms(backward, (x, kernel, mix), repeats))
 
 
+def runs(name: str, layout) -> bool:
+  """Whether the layer can run lowering `name` (a named G must divide its g)."""
+  try:
+    lowerings.check(name, layout)
+  except ValueError:
+    return False
+  return True
+
+
 def dense_conv_ms(key: autotune.LayerKey, geometry, repeats: int):
   """(forward, forward+backward) ms of the dense convolution of the layer's shape."""
   kernel = jax.random.normal(jax.random.key(1), key.kernel_size + (key.in_features, key.features),
@@ -106,7 +115,8 @@ def main():
     structure = layout.structure
     dense = dense_conv_ms(key, geometry, args.repeats)
     names = (lowerings.candidates(layout) if args.lowerings == 'all' else
-             [] if args.lowerings == 'auto' else args.lowerings.split(','))
+             [] if args.lowerings == 'auto' else
+             [n for n in args.lowerings.split(',') if runs(n, layout)])
     cells = []
     for lowering in names:
       fn = lambda x, k, m, lowering=lowering: lowerings.run(lowering, x, k, m, layout, geometry, None)

@@ -95,8 +95,9 @@ def train_step(model, tx, label_smoothing: float, state: TrainState,
 
 def eval_step(model, state: TrainState, batch: Dict[str, jax.Array]) -> metrics.EvalMetrics:
   """Metrics of one global eval batch; padded examples (mask 0) do not count."""
-  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                       batch['image'], train=False).astype(jnp.float32)
+  with autotune.inference():  # the plan's lowerings for a pass without a backward pass
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                         batch['image'], train=False).astype(jnp.float32)
   return metrics.EvalMetrics.single_from_model_output(
       loss=cross_entropy(logits, batch['label']), logits=logits, labels=batch['label'],
       mask=batch['mask'])

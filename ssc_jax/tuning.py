@@ -11,9 +11,10 @@ With several processes, process 0 decides and broadcasts.
 
 import dataclasses
 import functools
+import hashlib
 import json
 import time
-from typing import Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,7 @@ def _layers(model, config, image_shape):
       batch(config.batch_size))
   evaluate = autotune.layers_of(lambda v, x: model.apply(v, x, train=False), variables,
                                 batch(config.eval_batch_size))
-  return train, {k: v for k, v in evaluate.items() if k not in train}
+  return train, evaluate
 
 
 def _pass_ms(model, variables, x, plan: autotune.Plan, backward: bool) -> float:
@@ -62,22 +63,33 @@ def _pass_ms(model, variables, x, plan: autotune.Plan, backward: bool) -> float:
     return autotune.median_ms(jax.jit(fn), (variables['params'], x), 3, calls=1)
 
 
-def _prefer_uniform_where_faster(model, config, image_shape, layers,
-                                 plan: autotune.Plan) -> None:
-  """Replaces tuned choices of `layers` by one lowering on every layer where the
-  whole network runs faster so.
+def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Plan
+                          ) -> Dict[str, str]:
+  """The inference forward lowering of each of `layers`; the training choices
+  in `plan` give way to faster ones for the whole network.
 
   Layers timed alone can rank lowerings otherwise than the network does (its
   fusions, caches and launches; on CPU, 'split' forward passes beat every
   per-layer winner in ResNet-32's inference), and 'dense' everywhere costs
   what the dense network costs. Timed on one device at the per-device batch:
-  first the inference forward pass (the tuned forward choices against
-  `UNIFORM_FORWARD` on every layer), then the training forward and backward
-  pass (the choices so far against 'dense' everywhere and, where the first
-  step changed them, the per-layer winners). A change must gain `MARGIN`.
+  the inference forward pass, with the tuned forward choices against
+  `UNIFORM_FORWARD` on every layer; then the training forward and backward
+  pass, with the tuned choices against 'dense' everywhere and, where the
+  inference pass chose otherwise, against the tuned choices with its forward
+  lowerings. A change must gain `MARGIN`. The verdict is kept in the
+  autotuner's cache file, keyed by the layers and their tuned choices, so a
+  later run with a warm cache skips the checks.
   """
-  per_device = max(1, config.batch_size // jax.device_count())
   tuned = {key_id: plan.choices[key_id] for key_id in layers}
+  cache = autotune.Cache.default()
+  verdict_id = 'network|' + hashlib.sha256(json.dumps(
+      {k: list(c) for k, c in sorted(tuned.items())}).encode()).hexdigest()[:24]
+  known = cache.entries.get(verdict_id)
+  if known is not None:  # these layers with these choices were checked before
+    logging.info('Whole-network checks of these %d layers read from %s.', len(layers), cache.path)
+    plan.choices.update({k: autotune.Choice(*c) for k, c in known['choices'].items()})
+    return dict(known['inference'])
+  per_device = max(1, config.batch_size // jax.device_count())
 
   def at_batch(choices):
     return autotune.Plan({dataclasses.replace(key, batch=per_device).id: choices[key_id]
@@ -86,17 +98,14 @@ def _prefer_uniform_where_faster(model, config, image_shape, layers,
   with autotune.installed(autotune.Plan(force='dense')):
     variables = jax.jit(functools.partial(_init, model, image_shape))()
   x = jax.random.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
-  for backward, names in ((False, UNIFORM_FORWARD), (True, ('dense',))):
+
+  def fastest(backward, current, options):
+    """`current` or the fastest of `options` ({name: choices}) where it gains `MARGIN`."""
     passes = slice(0, 3 if backward else 1)
-    current = {key_id: plan.choices[key_id] for key_id in layers}
-    options = {n: {key_id: autotune.Choice(n, n, n) if backward else c._replace(forward=n)
-                   for key_id, c in current.items()} for n in names}
-    if backward and current != tuned:
-      options['per-layer winners'] = tuned
     options = {n: o for n, o in options.items()
                if any(o[k][passes] != current[k][passes] for k in layers)}
     if not options:
-      continue
+      return current
     current_ms = _pass_ms(model, variables, x, at_batch(current), backward)
     times = {n: _pass_ms(model, variables, x, at_batch(o), backward) for n, o in options.items()}
     best = min(times, key=times.get)
@@ -105,36 +114,48 @@ def _prefer_uniform_where_faster(model, config, image_shape, layers,
                  'Forward and backward' if backward else 'Inference forward', per_device,
                  current_ms, ', '.join(f'{ms:.1f} ms {n}' for n, ms in times.items()),
                  best if faster else 'kept')
-    if faster:
-      plan.choices.update(options[best])
+    return options[best] if faster else current
+
+  inference = fastest(False, tuned, {n: {k: autotune.Choice(n, n, n) for k in layers}
+                                     for n in UNIFORM_FORWARD})
+  options = {'dense': {k: autotune.Choice('dense', 'dense', 'dense') for k in layers},
+             'inference forward passes': {k: c._replace(forward=inference[k].forward)
+                                          for k, c in tuned.items()}}
+  plan.choices.update(fastest(True, tuned, options))
+  verdict = {'choices': {k: list(plan.choices[k]) for k in layers},
+             'inference': {k: c.forward for k, c in inference.items()}}
+  cache.put({verdict_id: verdict})
+  return dict(verdict['inference'])
 
 
 def decide_plan(model, config, image_shape) -> autotune.Plan:
   """This process's plan: cached or measured where autotune is on, else cache or rule.
 
-  Measured choices give way to one lowering on every layer where the whole
-  network runs faster so (`_prefer_uniform_where_faster`). The eval step's
-  layers take the forward choice of the same layer in the train step (only
-  their batch differs); eval-only layers are tuned for the forward pass.
+  Measured choices give way to faster ones for the whole network
+  (`_whole_network_checks`). The eval step's layers take the inference
+  forward lowering of the same layer in the train step (only their batch
+  differs); eval-only layers are tuned for the forward pass.
   """
   train, evaluate = _layers(model, config, image_shape)
   if not config.autotune:
-    return autotune.Plan({key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
-                          for key_id, (key, layout, geometry) in {**train, **evaluate}.items()})
+    def chosen(layers):
+      return {key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
+              for key_id, (key, layout, geometry) in layers.items()}
+    return autotune.Plan(chosen(train), inference={k: c.forward
+                                                   for k, c in chosen(evaluate).items()})
   plan = autotune.tune(train, jax.device_count(), log=logging.info)
-  if train:
-    _prefer_uniform_where_faster(model, config, image_shape, train, plan)
-  twins = {dataclasses.replace(key, batch=0): plan.choices[key_id]
-           for key_id, (key, _, _) in train.items()}
+  inference = (_whole_network_checks(model, config, image_shape, train, plan) if train else {})
+  twins = {dataclasses.replace(train[key_id][0], batch=0): forward
+           for key_id, forward in inference.items()}
   alone = {}
   for key_id, value in evaluate.items():
     twin = twins.get(dataclasses.replace(value[0], batch=0))
     if twin is None:
       alone[key_id] = value
     else:
-      plan.choices[key_id] = autotune.Choice(*(twin.forward,) * 3)
-  plan.choices.update(autotune.tune(alone, jax.device_count(), passes=('forward',),
-                                    log=logging.info).choices)
+      plan.inference[key_id] = twin
+  tuned = autotune.tune(alone, jax.device_count(), passes=('forward',), log=logging.info)
+  plan.inference.update({key_id: choice.forward for key_id, choice in tuned.choices.items()})
   return plan
 
 

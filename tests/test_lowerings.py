@@ -12,6 +12,8 @@ from jax import lax
 from ssc_jax import SSCConv, dense_kernel
 from ssc_jax import config_lib
 from ssc_jax import models
+from ssc_jax import optim
+from ssc_jax import sharding
 from ssc_jax import train
 from ssc_jax import tuning
 from ssc_jax.ssc import autotune
@@ -87,7 +89,10 @@ def test_every_lowering_matches_the_dense_reference(case):
   reference = _reference(x, kernel, pads, case[3], target)
   names = lowerings.candidates(layout_lib.layout(structure))
   assert 'dense' in names and ('shifts' in names) == (structure.kernel_size != (1, 1))
-  for name in sorted(set(names) | {'shifts'}):  # a 1x1 layer is not tuned on 'shifts', but runs it
+  extra = {'shifts'}  # a 1x1 layer is not tuned on 'shifts', but runs it
+  if structure.g:  # every coarser slicing, down to one slice
+    extra |= {f'sliced{d}' for d in range(1, structure.g) if structure.g % d == 0}
+  for name in sorted(set(names) | extra):
     _check(module, name, x, params, structure, reference, target)
 
 
@@ -316,7 +321,7 @@ def _digits(**overrides):
 
 
 def _plan_label(plan, backward):
-  """Which option of the whole-network check a plan of the fake timings below is."""
+  """Which option of the whole-network checks a plan of the fake timings below is."""
   choices = set(plan.choices.values())
   forwards = {c.forward for c in choices}
   if choices == {('dense',) * 3}:
@@ -330,12 +335,12 @@ def _plan_label(plan, backward):
     pytest.param(('dense', 'dense'), marks=pytest.mark.slow), ('split', 'changed'),
     pytest.param(('split', 'tuned'), marks=pytest.mark.slow),
     pytest.param(('tuned', 'tuned'), marks=pytest.mark.slow)])
-def test_tuned_choices_give_way_where_the_network_runs_faster_uniform(tmp_path, monkeypatch,
-                                                                     winners):
+def test_whole_network_checks_choose_inference_and_training_lowerings(tmp_path, monkeypatch,
+                                                                      winners):
   """The per-layer winners are timed together in the model, at the per-device batch: the
-  inference forward pass against 'dense' and 'split' forward passes on every layer, then the
-  forward and backward pass against 'dense' everywhere (and the per-layer winners, if the
-  forward step changed them); the fastest stays."""
+  inference forward pass against 'dense' and 'split' on every layer (its winner serves the
+  eval step), then the forward and backward pass against 'dense' everywhere and, if the
+  inference winner differs, the per-layer winners with its forward passes; the fastest stays."""
   monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
   monkeypatch.setattr(autotune, 'measure', _fake_measure([]))
   timed = []
@@ -346,23 +351,57 @@ def test_tuned_choices_give_way_where_the_network_runs_faster_uniform(tmp_path, 
     return 1.0 if timed[-1][0] == winners[backward] else 2.0
 
   monkeypatch.setattr(tuning, '_pass_ms', pass_ms)
-  config = _digits(autotune=True, batch_size=8, eval_batch_size=8)
+  config = _digits(autotune=True, batch_size=8, eval_batch_size=16)
   model = models.create_model(config.model, 10)
   plan = tuning.decide_plan(model, config, (8, 8, 1))
   per_device = (8 // jax.device_count(), 8, 8, 1)
   assert {t[1] for t in timed} == {per_device}
   forward = [('tuned', False), ('dense', False), ('split', False)]
-  changed = winners[0] != 'tuned'
-  backward = [('changed' if changed else 'tuned', True), ('dense', True)]
-  assert [(t[0], t[2]) for t in timed] == forward + backward + changed * [('tuned', True)]
+  changed_inference = winners[0] != 'tuned'
+  backward = [('tuned', True), ('dense', True)] + changed_inference * [('changed', True)]
+  assert [(t[0], t[2]) for t in timed] == forward + backward
   tuned = autotune.Choice('taps+matmul', 'dense', 'shifts')  # the fake timings' winners
+  inference = tuned.forward if winners[0] == 'tuned' else winners[0]
+  assert plan.inference and all('|b16|' in k for k in plan.inference)  # the eval step's layers
+  assert inference in set(plan.inference.values())
+  assert len(plan.inference) == len(plan.choices) and all('|b8|' in k for k in plan.choices)
   values = set(plan.choices.values())
   if winners[1] == 'dense':
     assert values == {('dense',) * 3}
-  elif winners[1] == 'changed':
-    assert {c.forward for c in values} == {'split'} and {c[1:] for c in values} == {tuned[1:]}
   else:
-    assert tuned in values and {c[1:] for c in values} == {tuned[1:]}
+    assert {c[1:] for c in values} == {tuned[1:]}
+    changed = winners[1] == 'changed'
+    same = {c.forward for c in values} == set(plan.inference.values())
+    assert same == (changed or not changed_inference)
+
+
+def test_the_eval_step_runs_the_plans_inference_lowerings(monkeypatch):
+  """Inside `autotune.inference()` (the eval step), a layer takes the plan's inference
+  lowering; elsewhere (the train step), its training choice."""
+  config = _digits(batch_size=4, eval_batch_size=4)
+  model = models.create_model(config.model, 10)
+  train_layers, eval_layers = tuning._layers(model, config, (8, 8, 1))
+  assert set(train_layers) == set(eval_layers)
+  plan = autotune.Plan({k: autotune.Choice('dense', 'dense', 'dense') for k in train_layers},
+                       inference={k: 'shifts' for k in eval_layers})
+  assert autotune.Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+  ran = []
+  run = lowerings.run
+  monkeypatch.setattr(lowerings, 'run',
+                      lambda name, *args, **kw: ran.append(name) or run(name, *args, **kw))
+  tx = optim.create_optimizer(config, steps_per_epoch=10)
+  mesh = sharding.create_mesh()
+  state = train.create_train_state(model, tx, (8, 8, 1), jax.random.key(0), mesh)
+  train_step, eval_step = train.jit_steps(config, model, tx, mesh)
+  batch = {'image': jax.random.normal(jax.random.key(1), (4, 8, 8, 1)),
+           'label': jnp.arange(4) % 10, 'mask': jnp.ones((4,), bool)}
+  ran.clear()  # the init's
+  with autotune.installed(plan):
+    eval_step(state, batch)
+    assert ran and set(ran) == {'shifts'}
+    ran.clear()
+    train_step(state, batch)
+    assert ran and set(ran) == {'dense'}
 
 
 def test_a_resumed_run_compiles_the_plan_of_the_run_it_resumes(tmp_path, monkeypatch):

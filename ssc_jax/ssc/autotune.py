@@ -5,7 +5,8 @@ lowering for the forward pass, one for the input gradient, one for the
 weight gradient). `choose` answers, in order, from:
 
 1. the installed `Plan` (`installed(plan)`): choices per layer, or one forced
-   lowering for every layer;
+   lowering for every layer; inside `inference()` (an eval step, which has no
+   backward pass) the plan's own forward choice for inference comes first;
 2. the cache file (``$SSC_JAX_AUTOTUNE_CACHE``, default
    ``~/.cache/ssc_jax/autotune.json``), filled by `tune`;
 3. the cost rule (`rule`), where nothing was measured.
@@ -89,19 +90,29 @@ def layer_key(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Lay
 
 @dataclasses.dataclass
 class Plan:
-  """Choices per layer key id, or one lowering forced on every layer."""
+  """Choices per layer key id, or one lowering forced on every layer.
+
+  `inference` holds the forward lowering of a layer in an inference pass
+  (`inference()`), where it differs from the training forward pass's best
+  (on CPU, the whole network's inference ran fastest on other lowerings
+  than its training forward pass).
+  """
   choices: Dict[str, Choice] = dataclasses.field(default_factory=dict)
   force: Optional[lowerings.LoweringLike] = None
+  inference: Dict[str, str] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> Dict[str, Any]:
-    return {'force': self.force, 'choices': {k: list(v) for k, v in sorted(self.choices.items())}}
+    return {'force': self.force, 'choices': {k: list(v) for k, v in sorted(self.choices.items())},
+            'inference': dict(sorted(self.inference.items()))}
 
   @classmethod
   def from_json(cls, data: Dict[str, Any]) -> 'Plan':
-    return cls({k: Choice(*v) for k, v in data['choices'].items()}, data.get('force'))
+    return cls({k: Choice(*v) for k, v in data['choices'].items()}, data.get('force'),
+               dict(data.get('inference', {})))
 
 
 _INSTALLED: List[Plan] = []
+_INFERENCE: List[bool] = []
 _WARNED: set = set()
 _RECORDING: List[Dict[str, Tuple[LayerKey, Layout, Geometry]]] = []
 
@@ -114,6 +125,17 @@ def installed(plan: Plan) -> Iterator[Plan]:
     yield plan
   finally:
     _INSTALLED.remove(plan)
+
+
+@contextlib.contextmanager
+def inference() -> Iterator[None]:
+  """Marks what is traced inside the context as an inference pass: layers take the
+  installed plan's `Plan.inference` lowering where it has one."""
+  _INFERENCE.append(True)
+  try:
+    yield
+  finally:
+    _INFERENCE.pop()
 
 
 @contextlib.contextmanager
@@ -142,6 +164,8 @@ def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice
       for name in set(choice):
         lowerings.check(name, layout, f'lowering={plan.force!r} for the layer of {key.id}')
       return choice
+    if _INFERENCE and key.id in plan.inference:
+      return lowerings.as_choice(plan.inference[key.id])
     if key.id in plan.choices:
       return plan.choices[key.id]
   if _INSTALLED and key.id not in _WARNED:
@@ -178,6 +202,9 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
 
 class Cache:
   """Measured choices on disk: {key id: {'choice': [...], 'passes': [...], 'ms': {...}}}.
+
+  It also keeps the verdicts of `ssc_jax.tuning`'s whole-network checks,
+  under ids that start with 'network|'.
 
   'passes' are the passes that were timed (an eval-only layer: the forward
   pass); an entry serves only requests for passes it timed. Writes take a

@@ -150,6 +150,13 @@ class KernelLayout:
     return _physical(self, groups)
 
   @functools.cached_property
+  def rectangles(self) -> Tuple['Rectangle', ...]:
+    """The positions any output's pattern keeps, as dilated rectangles (`rectangles`)."""
+    kh, kw = self.structure.kernel_size
+    kept = np.flatnonzero(self.structure.tap_mask.reshape(kh * kw, -1).any(axis=1))
+    return rectangles(tuple(int(v) for v in kept), kw)
+
+  @functools.cached_property
   def tap_classes(self) -> Tuple[TapClass, ...]:
     """The outputs grouped by pattern, each as its own padded grouped layout."""
     s = self.structure
@@ -211,7 +218,10 @@ class PhysicalGroups:
 
   Attributes:
     groups: G.
-    max_in, max_out: channels per physical group, padded.
+    in_starts, out_starts: (G + 1,) the first input and output channel of
+      each physical group, then M and N.
+    max_in, max_out: channels per physical group, padded (a group's padding
+      comes after its real channels).
     input_index: (G * max_in,) channels gathered into the padded input (M and
       above: a zero channel), or None.
     output_index: (N,) the column of each output, or None when all columns are real.
@@ -224,8 +234,8 @@ class PhysicalGroups:
     if groups < 1 or s.g % groups:
       raise ValueError(f'physical groups={groups} must divide g={s.g}')
     self.groups = groups
-    in_starts = group_starts(s.in_features, groups)
-    out_starts = group_starts(s.features, groups)
+    self.in_starts = in_starts = group_starts(s.in_features, groups)
+    self.out_starts = out_starts = group_starts(s.features, groups)
     in_sizes, out_sizes = np.diff(in_starts), np.diff(out_starts)
     self.max_in, self.max_out = int(in_sizes.max()), int(out_sizes.max())
     self.input_index = None
@@ -335,6 +345,27 @@ def _spaced_runs(values: Tuple[int, ...]) -> Tuple[Tuple[int, ...], ...]:
   return tuple(runs) + (tuple(run),)
 
 
+Rectangle = Tuple[Tuple[int, ...], Tuple[int, ...]]  # (rows, cols), each equally spaced
+
+
+def rectangles(positions: Tuple[int, ...], kw: int) -> Tuple[Rectangle, ...]:
+  """Flat kernel positions (i * kw + j) as few dilated rectangles: ((rows, cols), ...).
+
+  Rows with the same kept columns are grouped; each group's rows and its
+  columns are cut into equally spaced runs. A 3x3 'cross' gives its centre
+  row (1x3) and the two other centre-column taps (2x1, dilation 2); an 'x',
+  its corners (2x2, dilation 2) and the centre.
+  """
+  columns: Dict[int, list] = {}
+  for position in positions:
+    columns.setdefault(position // kw, []).append(position % kw)
+  rows_of: Dict[Tuple[int, ...], list] = {}
+  for row, cols in columns.items():
+    rows_of.setdefault(tuple(cols), []).append(row)
+  return tuple((row_run, col_run) for cols, rows in rows_of.items()
+               for row_run in _spaced_runs(tuple(rows)) for col_run in _spaced_runs(cols))
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Storage of both parts of a layer; None for a part without weights."""
@@ -381,26 +412,11 @@ class Layout:
 
   @functools.cached_property
   def subgrids(self) -> Tuple[SubGrid, ...]:
-    """The kept positions (`shift_positions`) as few dilated rectangles.
-
-    Rows with the same kept columns are grouped; each group's rows and its
-    columns are cut into equally spaced runs. A 3x3 'cross' gives its
-    centre row (1x3) and the two other centre-column taps (2x1, dilation 2);
-    an 'x', its corners (2x2, dilation 2) and the centre.
-    """
-    kw = self.structure.kernel_size[1]
-    columns: Dict[int, list] = {}
-    for position in self.shift_positions:
-      columns.setdefault(position // kw, []).append(position % kw)
-    rows_of: Dict[Tuple[int, ...], list] = {}
-    for row, cols in columns.items():
-      rows_of.setdefault(tuple(cols), []).append(row)
+    """The kept positions (`shift_positions`) as few dilated rectangles (`rectangles`),
+    each with the dense kernel's gather there."""
     grids = []
-    for cols, rows in rows_of.items():
-      for row_run in _spaced_runs(tuple(rows)):
-        for col_run in _spaced_runs(cols):
-          index = self.dense_index[np.ix_(row_run, col_run)]
-          grids.append(SubGrid(row_run, col_run, _read_only(index)))
+    for rows, cols in rectangles(self.shift_positions, self.structure.kernel_size[1]):
+      grids.append(SubGrid(rows, cols, _read_only(self.dense_index[np.ix_(rows, cols)])))
     return tuple(grids)
 
 

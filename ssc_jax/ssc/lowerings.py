@@ -19,6 +19,11 @@ A lowering is named by how it computes each part of the layer:
   - ``grouped<G>``: a coarser grouped convolution with G groups, G a divisor
     of g, on a block-diagonal masked kernel (``grouped1`` is the masked dense
     KxK kernel);
+  - ``sliced`` / ``sliced<G>``: the same G physical groups (default g) as G
+    plain convolutions, one per slice of channels, each computed as 'split'
+    computes the layer (one convolution per dilated rectangle of kept
+    positions): no grouped convolution in any pass, whose gradients XLA:CPU
+    runs 10-1000x slower than a plain convolution's;
   - ``taps``: batched matmuls over the shifted inputs of the kept positions
     only (5 for a 3x3 'cross', not 9), one set per group of outputs that
     share a pattern;
@@ -54,7 +59,7 @@ from ssc_jax.ssc.layout import KernelLayout, Layout, MixLayout
 
 Array = jax.Array
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
-_NAME = re.compile(r'^(grouped(\d*)|taps)(\+(einsum|matmul))?$')
+_NAME = re.compile(r'^(grouped|sliced|taps)(\d*)(\+(einsum|matmul))?$')
 MIXES = ('einsum', 'matmul')
 
 
@@ -72,6 +77,20 @@ def _explicit_axes() -> Tuple[str, ...]:
   """The explicit axes of the mesh being traced under (`jax.set_mesh`), if any."""
   mesh = jax.sharding.get_abstract_mesh()
   return () if mesh.empty else tuple(mesh.explicit_axes)
+
+
+def _materialized(x: Array) -> Array:
+  """x, kept from fusing into its consumers.
+
+  The lowerings that read shifted windows of x would otherwise take the
+  producer of x (in a network, the batch norm and ReLU before the layer)
+  into each window's copy: on CPU, ResNet-32's inference forward pass then
+  took 1,016 ms on 'taps+matmul' against 474 ms with x materialized
+  (2026-11-27, benchmarks/network_speed.py). The autotuner times every
+  layer on a materialized input, so this also keeps the network's layer
+  the program that was timed.
+  """
+  return lax.optimization_barrier(x)
 
 
 def _window(x: Array, geometry: Geometry, position: Tuple[int, int]) -> Array:
@@ -149,6 +168,53 @@ def _grouped_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry
   return _take_channels(y, physical.output_index)
 
 
+def _rectangle_conv(x: Array, w: Array, rows: Tuple[int, ...], cols: Tuple[int, ...],
+                    kernel_size: Tuple[int, int], geometry: Geometry, precision) -> Array:
+  """The convolution of x with the taps of a KxK kernel at one dilated rectangle
+  of positions (`layout.rectangles`); w is the (len(rows), len(cols), I, O) kernel there.
+
+  The window moves as the full KxK window does: the padding is shifted by the
+  rectangle's offset (negative where it starts inside the padding: a crop).
+  """
+  pads = []
+  for (lo, hi), size, taps in zip(geometry.pads, kernel_size, (rows, cols)):
+    extent = taps[-1] - taps[0] + 1  # the dilated sub-kernel's span
+    pads.append((lo - taps[0], hi - size + taps[0] + extent))
+  return lax.conv_general_dilated(x, w, geometry.strides, pads,
+                                  rhs_dilation=(_step(rows), _step(cols)),
+                                  dimension_numbers=_DIMENSIONS, precision=precision)
+
+
+def _step(taps: Tuple[int, ...]) -> int:
+  """The spacing of equally spaced kernel rows or columns (1 for one)."""
+  return taps[1] - taps[0] if len(taps) > 1 else 1
+
+
+def _sliced_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry: Geometry,
+                 precision, groups: int) -> Array:
+  """The KxK part as one plain convolution per physical group, on that group's own
+  channels (no padding, so no gathers), each summed over the dilated rectangles of
+  kept positions."""
+  physical = kernel_layout.physical(groups)
+  kernel_size = kernel_layout.structure.kernel_size
+  w = physical.kernel(kernel)  # (KH, KW, max_in, groups * max_out), padding last in a group
+  outputs = []
+  for group in range(groups):
+    first_in, end_in = (int(v) for v in physical.in_starts[group:group + 2])
+    first_out = group * physical.max_out
+    end_out = first_out + int(physical.out_starts[group + 1] - physical.out_starts[group])
+    x_group = lax.slice_in_dim(x, first_in, end_in, axis=x.ndim - 1)
+    y = None
+    for rows, cols in kernel_layout.rectangles:
+      w_rect = lax.slice(w, (rows[0], cols[0], 0, first_out),
+                         (rows[-1] + 1, cols[-1] + 1, end_in - first_in, end_out),
+                         (_step(rows), _step(cols), 1, 1))
+      term = _rectangle_conv(x_group, w_rect, rows, cols, kernel_size, geometry, precision)
+      y = term if y is None else y + term
+    outputs.append(y)
+  return outputs[0] if groups == 1 else jnp.concatenate(outputs, axis=-1)
+
+
 def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry: Geometry,
                  precision) -> Array:
   """The KxK part as one batched matmul per tap class over its kept positions.
@@ -163,7 +229,7 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
   kw = s.kernel_size[1]
   batch, height, width = x.shape[:3]
   out_h, out_w = geometry.output_size
-  x = _take_channels(x, kernel_layout.physical(g).input_index)
+  x = _take_channels(_materialized(x), kernel_layout.physical(g).input_index)
   grouped = jnp.transpose(x.reshape(batch, height, width, g, max_in), (3, 0, 1, 2, 4))
   outputs = []
   for tap_class in kernel_layout.tap_classes:
@@ -193,6 +259,7 @@ def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Arr
 def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
   weights = layout.gather(kernel, mix, layout.shift_index)  # (T, M, N)
   kw = layout.structure.kernel_size[1]
+  x = _materialized(x)
   y = None
   for t, position in enumerate(layout.shift_positions):
     term = jnp.matmul(_window(x, geometry, divmod(position, kw)), weights[t], precision=precision)
@@ -203,16 +270,8 @@ def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Ar
 def _split(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
   y = None
   for grid in layout.subgrids:
-    pads, dilation = [], []
-    for (lo, hi), size, taps in zip(geometry.pads, layout.structure.kernel_size,
-                                    (grid.rows, grid.cols)):
-      step = taps[1] - taps[0] if len(taps) > 1 else 1
-      extent = taps[-1] - taps[0] + 1  # the dilated sub-kernel's span
-      pads.append((lo - taps[0], hi - size + taps[0] + extent))  # negative: crops
-      dilation.append(step)
-    term = lax.conv_general_dilated(
-        x, layout.gather(kernel, mix, grid.index), geometry.strides, pads,
-        rhs_dilation=dilation, dimension_numbers=_DIMENSIONS, precision=precision)
+    term = _rectangle_conv(x, layout.gather(kernel, mix, grid.index), grid.rows, grid.cols,
+                           layout.structure.kernel_size, geometry, precision)
     y = term if y is None else y + term
   return y
 
@@ -230,9 +289,10 @@ def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
   if name in WHOLE:
     return
   match = _NAME.match(name)
-  allowed = ("'dense', 'shifts', 'split', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>' "
-             "(G dividing g) or 'taps' and <mix> 'einsum' or 'matmul' (e.g. 'grouped4+matmul')")
-  if not match:
+  allowed = ("'dense', 'shifts', 'split', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>', "
+             "'sliced', 'sliced<G>' (G dividing g) or 'taps' and <mix> 'einsum' or 'matmul' "
+             "(e.g. 'grouped4+matmul')")
+  if not match or (match.group(1) == 'taps' and match.group(2)):
     raise ValueError(f'{owner}: lowering {name!r} must be {allowed}')
   groups = match.group(2)
   g = layout.structure.g
@@ -242,9 +302,9 @@ def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
 
 
 def physical_groups(name: str, layout: Layout) -> Optional[int]:
-  """The groups of the KxK convolution that lowering `name` runs (None: no grouped conv)."""
+  """The groups of the grouped KxK convolution that lowering `name` runs (None: none)."""
   match = _NAME.match(name)
-  if not match or match.group(1) == 'taps' or layout.kernel is None:
+  if not match or match.group(1) != 'grouped' or layout.kernel is None:
     return None
   return int(match.group(2) or layout.structure.g)
 
@@ -259,9 +319,11 @@ def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layo
     raise ValueError(f'lowering {name!r} is not a lowering name (see ssc_jax.ssc.lowerings)')
   parts = []
   if layout.kernel is not None:
-    groups = physical_groups(name, layout)
-    if groups is None:
+    kind, groups = match.group(1), int(match.group(2) or layout.structure.g)
+    if kind == 'taps':
       parts.append(_tap_matmuls(x, kernel, layout.kernel, geometry, precision))
+    elif kind == 'sliced':
+      parts.append(_sliced_conv(x, kernel, layout.kernel, geometry, precision, groups))
     else:
       parts.append(_grouped_conv(x, kernel, layout.kernel, geometry, precision, groups))
   if layout.mix is not None:
@@ -270,25 +332,34 @@ def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layo
   return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
-COARSE_CHANNELS = 32  # a coarser grouping candidate keeps at least this many channels a group
+COARSE_CHANNELS = 32  # a coarser grouped convolution keeps at least this many channels a group
+SLICE_CHANNELS = 16  # a coarser slicing keeps at least this many channels a slice
+
+
+def _coarser(g: int, width: int, channels: int) -> List[int]:
+  """The largest divisor G of g below g (above 1) that leaves `channels` channels a group."""
+  return [d for d in range(g - 1, 1, -1) if g % d == 0 and width // d >= channels][:1]
 
 
 def candidates(layout: Layout) -> List[str]:
   """The lowerings of this layer that the autotuner times.
 
-  The KxK part: the grouped convolution, one coarser grouping (the largest
-  divisor G of g that leaves `COARSE_CHANNELS` channels a group), the masked
-  dense kernel (G = 1) and 'taps'; the mix variants where the layer mixes.
-  'shifts' only where the kernel has more than one position (at 1x1 it is
-  the masked dense matmul of 'grouped+matmul'), 'split' only where the
-  pattern leaves positions out (else it is 'dense').
+  The KxK part: the grouped convolution, one coarser grouping (`_coarser`,
+  `COARSE_CHANNELS` a group), the masked dense kernel (G = 1), 'sliced' at
+  g and at one coarser slicing (`SLICE_CHANNELS` a slice), and 'taps'; the
+  mix variants where the layer mixes. 'shifts' only where the kernel has
+  more than one position (at 1x1 it is the masked dense matmul of
+  'grouped+matmul'), 'split' only where the pattern leaves positions out
+  (else it is 'dense').
   """
   s = layout.structure
   kxk = ['grouped']
   if layout.kernel is not None:
     width = min(s.in_features, s.features)
-    coarse = [d for d in range(s.g - 1, 1, -1) if s.g % d == 0 and width // d >= COARSE_CHANNELS]
-    kxk += [f'grouped{d}' for d in coarse[:1]] + (['grouped1'] if s.g > 1 else []) + ['taps']
+    kxk += [f'grouped{d}' for d in _coarser(s.g, width, COARSE_CHANNELS)]
+    if s.g > 1:
+      kxk += ['grouped1', 'sliced'] + [f'sliced{d}' for d in _coarser(s.g, width, SLICE_CHANNELS)]
+    kxk.append('taps')
   mixes = list(MIXES) if layout.mix is not None else ['einsum']
   names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
   whole = ['dense'] + (['shifts'] if s.kernel_size != (1, 1) else [])
