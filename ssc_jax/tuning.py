@@ -77,13 +77,15 @@ def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Pla
   pass, with the tuned choices against 'dense' everywhere and, where the
   inference pass chose otherwise, against the tuned choices with its forward
   lowerings. A change must gain `MARGIN`. The verdict is kept in the
-  autotuner's cache file, keyed by the layers and their tuned choices, so a
-  later run with a warm cache skips the checks.
+  autotuner's cache file, keyed by the model config, the image shape, the
+  layers and their tuned choices, so a later run with a warm cache skips the
+  checks.
   """
   tuned = {key_id: plan.choices[key_id] for key_id in layers}
   cache = autotune.Cache.default()
-  verdict_id = 'network|' + hashlib.sha256(json.dumps(
-      {k: list(c) for k, c in sorted(tuned.items())}).encode()).hexdigest()[:24]
+  checked = [repr(sorted(config.model.to_dict().items())), list(image_shape),
+             {k: list(c) for k, c in sorted(tuned.items())}]
+  verdict_id = 'network|' + hashlib.sha256(json.dumps(checked).encode()).hexdigest()[:24]
   known = cache.entries.get(verdict_id)
   if known is not None:  # these layers with these choices were checked before
     logging.info('Whole-network checks of these %d layers read from %s.', len(layers), cache.path)

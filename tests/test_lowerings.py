@@ -340,7 +340,8 @@ def test_whole_network_checks_choose_inference_and_training_lowerings(tmp_path, 
   """The per-layer winners are timed together in the model, at the per-device batch: the
   inference forward pass against 'dense' and 'split' on every layer (its winner serves the
   eval step), then the forward and backward pass against 'dense' everywhere and, if the
-  inference winner differs, the per-layer winners with its forward passes; the fastest stays."""
+  inference winner differs, the per-layer winners with its forward passes; the fastest stays,
+  and a later run with the same cache file reads the verdict instead of timing again."""
   monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
   monkeypatch.setattr(autotune, 'measure', _fake_measure([]))
   timed = []
@@ -360,6 +361,8 @@ def test_whole_network_checks_choose_inference_and_training_lowerings(tmp_path, 
   changed_inference = winners[0] != 'tuned'
   backward = [('tuned', True), ('dense', True)] + changed_inference * [('changed', True)]
   assert [(t[0], t[2]) for t in timed] == forward + backward
+  again = tuning.decide_plan(model, config, (8, 8, 1))  # a warm cache holds the verdict too
+  assert again == plan and len(timed) == len(forward + backward)
   tuned = autotune.Choice('taps+matmul', 'dense', 'shifts')  # the fake timings' winners
   inference = tuned.forward if winners[0] == 'tuned' else winners[0]
   assert plan.inference and all('|b16|' in k for k in plan.inference)  # the eval step's layers
@@ -396,11 +399,11 @@ def test_the_eval_step_runs_the_plans_inference_lowerings(monkeypatch):
   batch = {'image': jax.random.normal(jax.random.key(1), (4, 8, 8, 1)),
            'label': jnp.arange(4) % 10, 'mask': jnp.ones((4,), bool)}
   ran.clear()  # the init's
-  with autotune.installed(plan):
-    eval_step(state, batch)
+  with autotune.installed(plan):  # traced, not compiled: the lowerings are chosen at tracing
+    eval_step.trace(state, batch)
     assert ran and set(ran) == {'shifts'}
     ran.clear()
-    train_step(state, batch)
+    train_step.trace(state, batch)
     assert ran and set(ran) == {'dense'}
 
 
