@@ -80,7 +80,7 @@ def base() -> ml_collections.ConfigDict:
   config.model.zero_init_residual = True  # ResNet-50: each block's last BatchNorm scale starts at 0
 
   # How SSC layers run (ssc_jax/tuning.py): 'auto' chooses per layer and pass, or one
-  # lowering for every layer ('dense', 'grouped', 'taps+matmul', ...; ssc_jax/ssc/lowerings.py).
+  # lowering for every layer ('dense', 'split', 'sliced+matmul', ...; ssc_jax/ssc/lowerings.py).
   config.lowering = 'auto'
   config.autotune = True  # 'auto': measure the layer shapes the cache file lacks (False: cost rule)
 
