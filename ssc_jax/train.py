@@ -261,8 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return {'preempted_at_step': int(state.step)}
   history = (_eval_history(workdir / 'metrics.jsonl', steps_per_epoch, int(state.step))
              if jax.process_index() == 0 else [])
-  summary = _summary(config, spec, state, eval_results, history, steps_per_epoch, throughput,
-                     time.time() - wall_start)
+  summary = _summary(config, spec, model, state, eval_results, history, steps_per_epoch,
+                     throughput, time.time() - wall_start)
   summary['lowering_tuning_s'] = tuning_seconds
   if jax.process_index() == 0:
     (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
@@ -370,11 +370,11 @@ def _best_of(history: List[Dict[str, float]], steps_per_epoch: int) -> Dict[str,
   }
 
 
-def _summary(config, spec, state: TrainState, eval_results: Dict[str, float],
+def _summary(config, spec, model, state: TrainState, eval_results: Dict[str, float],
              history: List[Dict[str, float]], steps_per_epoch: int,
              throughput: Optional[float], wall_seconds: float) -> Dict[str, Any]:
   """The figures of a finished run; `history` holds its evaluations (`_eval_history`)."""
-  counts = budget.budget(config).to_dict()
+  counts = budget.trace(model, spec.image_shape).to_dict()  # the run's model: its ticket solved
   summary = {
       'config_model': config.model.name,
       'dataset': spec.name,
