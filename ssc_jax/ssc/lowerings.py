@@ -84,9 +84,10 @@ def _materialized(x: Array) -> Array:
 
   The lowerings that read shifted windows of x would otherwise take the
   producer of x (in a network, the batch norm and ReLU before the layer)
-  into each window's copy: on CPU, ResNet-32's inference forward pass then
-  took 1,016 ms on 'taps+matmul' against 474 ms with x materialized
-  (2026-11-27, benchmarks/network_speed.py). The autotuner times every
+  into each window's copy: on CPU, ResNet-32's inference forward pass with
+  every layer on 'taps+matmul' took 1,016 ms, and 474 ms with this barrier
+  on each layer's input (2026-11-27, benchmarks/network_speed.py
+  --lowering=taps+matmul). The autotuner times every
   layer on a materialized input, so this also keeps the network's layer
   the program that was timed.
   """
@@ -193,8 +194,8 @@ def _step(taps: Tuple[int, ...]) -> int:
 def _sliced_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry: Geometry,
                  precision, groups: int) -> Array:
   """The KxK part as one plain convolution per physical group, on that group's own
-  channels (no padding, so no gathers), each summed over the dilated rectangles of
-  kept positions."""
+  channels (sliced unpadded: no gather of the input or output), each summed over
+  the dilated rectangles of kept positions."""
   physical = kernel_layout.physical(groups)
   kernel_size = kernel_layout.structure.kernel_size
   w = physical.kernel(kernel)  # (KH, KW, max_in, groups * max_out), padding last in a group
