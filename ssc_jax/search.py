@@ -170,13 +170,10 @@ def propose(config: ml_collections.ConfigDict, target: float, n: int, metric: st
     exact = [c for c in pool if c.exact]
     pool = exact if len(exact) >= n else pool  # budgets as equal as the pool allows
     if not pool:
-      low, high = tickets.reachable(groups, fixed)
       closest = min(combos, key=lambda c: abs(c.fraction - target), default=None)
-      near = f'; the closest keeps {closest.fraction:.4f}' if closest else ''
-      raise errors.ConfigError(
-          f'--target={target}: no per-filter-count (g, p) of {config.model.name} with taps '
-          f'{pattern!r} keeps that fraction of its {_WHAT[metric]} within '
-          f'{tickets.TOLERANCE}; its settings keep {low:.4f} to {high:.4f}{near}')
+      raise errors.ConfigError(tickets.unreachable(
+          '--target', target, f'{config.model.name} with taps {pattern!r}', groups, fixed,
+          None if closest is None else closest.fraction, _WHAT[metric]))
     shares = _mix_shares(groups, pool)
     taken = spread([c.score for c in pool], shares, [c.preferred for c in pool], n)
     for i in sorted(taken, key=lambda i: shares[i]):

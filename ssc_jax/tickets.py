@@ -251,6 +251,20 @@ def reachable(groups: List[SettingsGroup], fixed: int) -> Tuple[float, float]:
           (fixed + sum(c[-1][0] for c in ends)) / total)
 
 
+def unreachable(source: str, target: float, network: str, groups: List[SettingsGroup],
+                fixed: int, closest: Optional[float], counted: str = 'weights') -> str:
+  """The error text for a target that no setting keeps within `TOLERANCE`.
+
+  Names the setting (`source`), the network, its reachable range and the
+  `closest` fraction found (None: nothing found).
+  """
+  low, high = reachable(groups, fixed)
+  near = '' if closest is None else f'; the closest keeps {closest:.4f}'
+  return (f'{source}={target}: no per-filter-count (g, p) of {network} keeps that fraction '
+          f'of its {counted} within {TOLERANCE}; its settings keep {low:.4f} to '
+          f'{high:.4f}{near}')
+
+
 def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed: int,
           target: float, network: str, source: str = 'config.model.ticket') -> Ticket:
   """Per-filter-count settings that keep `target` of the network's weights.
@@ -264,11 +278,8 @@ def solve(counts: Dict[str, Tuple[int, ...]], groups: List[SettingsGroup], fixed
   best = min(combinations(counts, groups, fixed, target, alternatives=False, source=source),
              key=lambda c: c.score, default=None)
   if best is None or abs(best.fraction - target) > TOLERANCE:
-    low, high = reachable(groups, fixed)
-    closest = '' if best is None else f'; closest: {best.fraction:.4f}'
-    raise ValueError(f'{source}={target}: no per-filter-count (g, p) of '
-                     f'{network} keeps that fraction of its weights within '
-                     f'{TOLERANCE} (its settings keep {low:.4f} to {high:.4f}{closest})')
+    raise ValueError(unreachable(source, target, network, groups, fixed,
+                                 None if best is None else best.fraction))
   return Ticket(best.settings, best.fraction, target)
 
 

@@ -223,7 +223,9 @@ def test_solver_is_deterministic_and_rejects_bad_targets():
   assert budget.solve_ticket(config.model, 10, 0.07) == first
   with pytest.raises(ValueError, match='target'):
     budget.solve_ticket(config.model, 10, 0.0)
-  with pytest.raises(ValueError, match=r'config\.model\.ticket=0\.001'):
+  with pytest.raises(ValueError, match=r'config\.model\.ticket=0\.001: no per-filter-count '
+                     r'\(g, p\) of resnet32 keeps that fraction of its weights within 0\.0025; '
+                     r'its settings keep 0\.0\d{3} to 1\.0000; the closest keeps 0\.0\d{3}$'):
     budget.solve_ticket(config.model, 10, 0.001)
 
 
