@@ -1,11 +1,16 @@
 """The benchmark scripts run and print the tables they promise (no speed is asserted)."""
 
+import json
 import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+
+from ssc_jax.ssc import autotune
+from ssc_jax.ssc import layout as layout_lib
+from ssc_jax.ssc import structure
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ACCEPTANCE = REPO / 'benchmarks' / 'gpu_acceptance.sh'
@@ -63,6 +68,29 @@ def test_layer_speed_table(tmp_path):
   assert len(rows) == 5  # 32->32, 32->64/2, 64->64, 64->128/2, 128->128
   for row in rows:
     assert 'dense: ' in row[10] and 'taps: ' in row[10] and '(' in row[11]
+
+
+def test_cost_rule_table(tmp_path):
+  """The rule's picks priced by a cache file's measurements, against the best and dense."""
+  layer = 'cpu|cpu|x1|b8|16x16|32->32|k3x3|s1x1|pad((1, 1), (1, 1))|g4|p4|cross|float32'
+  parts = {'dense': 10.0, 'shifts': 9.0, 'split': 8.0, 'kxk:taps': 2.0, 'kxk:grouped': 6.0,
+           'mix:grouped+einsum': 1.5, 'mix:grouped+matmul': 0.5}
+  cache = tmp_path / 'cache.json'
+  cache.write_text(json.dumps({'format': 1, 'entries': {
+      layer: {'choice': ['taps+matmul'] * 3, 'passes': list(autotune.PASSES),
+              'ms': {which: parts for which in autotune.PASSES}},
+      layer.replace('b8', 'b9'): {'choice': ['dense'], 'passes': ['forward'],  # eval only
+                                  'ms': {'forward': parts}}}}))
+  result = subprocess.run([sys.executable, 'benchmarks/cost_rule.py', f'--cache={cache}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row, = _table_rows(result.stdout, '8 ')
+  key = autotune.LayerKey.from_id(layer)
+  rule = autotune.rule(key, layout_lib.layout(structure.ssc_structure(32, 32, 3, 4, 4, 'cross')))
+  rule_ms = sum(autotune.ms_of(parts, name) for name in rule)
+  assert row[7].strip() == ', '.join(rule) and _number(row[8]) == pytest.approx(rule_ms, abs=0.01)
+  assert _number(row[9]) == 7.5 and _number(row[10]) == 30.0  # best 2.5 a pass, dense 10
+  assert 'Totals: rule' in result.stdout and 'of 1 layers slower than dense' in result.stdout
 
 
 def _acceptance(*args, cwd=REPO):

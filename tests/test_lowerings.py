@@ -238,6 +238,30 @@ def test_best_adds_the_fastest_parts():
   assert autotune.best({'dense': 2.0, 'shifts': 3.0, 'kxk:grouped1': 1.5}) == ('grouped1', 1.5)
 
 
+def test_ms_of_reads_what_best_adds():
+  times = {'dense': 9.0, 'shifts': 8.0, 'kxk:grouped': 5.0, 'kxk:taps': 3.0,
+           'mix:grouped+einsum': 2.0, 'mix:grouped+matmul': 1.0}
+  assert autotune.ms_of(times, autotune.best(times)[0]) == autotune.best(times)[1] == 4.0
+  assert autotune.ms_of(times, 'grouped') == 7.0  # no mix named: the einsum
+  assert autotune.ms_of(times, 'taps+einsum') == 5.0
+  assert autotune.ms_of(times, 'shifts') == 8.0
+  assert autotune.ms_of(times, 'sliced') == float('inf')  # not timed
+  assert autotune.ms_of({'dense': 2.0, 'mix:grouped+matmul': 1.0}, 'grouped+matmul') == 1.0
+  with pytest.raises(ValueError, match="'slice' is not a lowering name"):
+    autotune.ms_of(times, 'slice')
+
+
+def test_layer_key_id_round_trip():
+  for key in (autotune.LayerKey('cpu', 'cpu', 1, 64, (32, 32), 32, 64, (3, 3), (2, 2),
+                                ((1, 1), (0, 1)), 4, None, 'cross', 'float32'),
+              autotune.LayerKey('gpu', 'NVIDIA H100 80GB HBM3', 8, 16, (7, 9), 512, 2048,
+                                (1, 1), (1, 1), ((0, 0), (0, 0)), None, 25, '010/111/010',
+                                'bfloat16')):
+    assert autotune.LayerKey.from_id(key.id) == key
+  with pytest.raises(ValueError, match='not an SSC layer key id'):
+    autotune.LayerKey.from_id('cpu|cpu|x1')
+
+
 def _fake_measure(calls):
   """Timings that make each pass pick a different lowering (and count the calls)."""
   def measure(layout, geometry, batch, dtype, passes=autotune.PASSES, **_):

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import statistics
 import tempfile
 import time
@@ -49,6 +50,13 @@ from ssc_jax.ssc.structure import taps_label
 PASSES = ('forward', 'input_grad', 'weight_grad')
 CACHE_ENV = 'SSC_JAX_AUTOTUNE_CACHE'
 _FORMAT = 1
+
+
+_KEY_ID = re.compile(
+    r'^(?P<platform>[^|]+)\|(?P<device_kind>[^|]+)\|x(?P<devices>\d+)\|b(?P<batch>\d+)\|'
+    r'(?P<h>\d+)x(?P<w>\d+)\|(?P<m>\d+)->(?P<n>\d+)\|k(?P<kh>\d+)x(?P<kw>\d+)\|'
+    r's(?P<sh>\d+)x(?P<sw>\d+)\|pad\(\((?P<p0>\d+), (?P<p1>\d+)\), \((?P<p2>\d+), (?P<p3>\d+)\)\)\|'
+    r'g(?P<g>\d+|None)\|p(?P<p>\d+|None)\|(?P<taps>[^|]+)\|(?P<dtype>[^|]+)$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,20 @@ class LayerKey:
             f'{self.input_size[0]}x{self.input_size[1]}|{self.in_features}->{self.features}|'
             f'k{self.kernel_size[0]}x{self.kernel_size[1]}|s{self.strides[0]}x{self.strides[1]}|'
             f'pad{self.pads}|g{self.g}|p{self.p}|{self.taps}|{self.dtype}')
+
+  @classmethod
+  def from_id(cls, text: str) -> 'LayerKey':
+    """The key whose `id` is `text`; ValueError if `text` is not such an id."""
+    match = _KEY_ID.match(text)
+    if match is None:
+      raise ValueError(f'{text!r} is not an SSC layer key id')
+    f = match.groupdict()
+    pair = lambda a, b: (int(f[a]), int(f[b]))
+    optional = lambda v: None if v == 'None' else int(v)
+    return cls(f['platform'], f['device_kind'], int(f['devices']), int(f['batch']),
+               pair('h', 'w'), int(f['m']), int(f['n']), pair('kh', 'kw'), pair('sh', 'sw'),
+               (pair('p0', 'p1'), pair('p2', 'p3')), optional(f['g']), optional(f['p']),
+               f['taps'], f['dtype'])
 
 
 def layer_key(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> LayerKey:
@@ -404,6 +426,25 @@ def best(times: Dict[str, float]) -> Tuple[str, float]:
     options[name] = kxk.get(kxk_name, 0.0) + mix.get(mix_name, 0.0)
   winner = min(options, key=options.get)
   return winner, options[winner]
+
+
+def ms_of(times: Dict[str, float], name: str) -> float:
+  """The measured ms of lowering `name` in one pass's `times` (from `measure`).
+
+  A whole-layer lowering reads its own entry; any other sums its KxK part and
+  its 1x1 part ('einsum' where the name gives no mix). Infinity where a part
+  was not timed (`_known_slow`).
+  """
+  if name in lowerings.WHOLE:
+    return times.get(name, float('inf'))
+  if not lowerings.is_name(name):
+    raise ValueError(f'lowering {name!r} is not a lowering name (see ssc_jax.ssc.lowerings)')
+  kxk, _, mix = name.partition('+')
+  total = 0.0
+  for part, label in (('kxk', kxk), ('mix', 'grouped+' + (mix or 'einsum'))):
+    if any(k.startswith(part + ':') for k in times):
+      total += times.get(f'{part}:{label}', float('inf'))
+  return total
 
 
 def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: int = 1,
