@@ -54,10 +54,8 @@ def config_layers(name: str, batch: int, dtype: str):
 def time_fn(fn, key: autotune.LayerKey, layout, geometry, repeats: int):
   """(forward ms, forward+backward ms) of fn(x, kernel, mix) on random inputs."""
   x, kernel, mix, dy = autotune.inputs(layout, geometry, key.batch, key.dtype)
-  forward = jax.jit(fn)
-  backward = jax.jit(jax.grad(lambda x, k, m: jnp.sum(fn(x, k, m) * dy), argnums=(0, 1, 2)))
-  return (autotune.median_ms(forward, (x, kernel, mix), repeats),
-          autotune.median_ms(backward, (x, kernel, mix), repeats))
+  return (autotune.median_ms(jax.jit(fn), (x, kernel, mix), repeats),
+          autotune.median_ms(jax.jit(autotune.training_step(fn)), (x, kernel, mix, dy), repeats))
 
 
 def runs(name: str, layout) -> bool:
@@ -82,10 +80,9 @@ def dense_conv_ms(key: autotune.LayerKey, geometry, repeats: int):
                         key.dtype)
   dy = jax.random.normal(jax.random.key(2), (key.batch,) + geometry.output_size + (key.features,),
                          key.dtype)
-  forward = jax.jit(conv)
-  backward = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, None) * dy), argnums=(0, 1)))
-  return (autotune.median_ms(forward, (x, kernel, None), repeats),
-          autotune.median_ms(backward, (x, kernel), repeats))
+  return (autotune.median_ms(jax.jit(conv), (x, kernel, None), repeats),
+          autotune.median_ms(jax.jit(autotune.training_step(conv)), (x, kernel, None, dy),
+                             repeats))
 
 
 def main():

@@ -200,7 +200,9 @@ def test_measure_times_every_candidate_of_every_pass():
   assert len(layers) == 1
   (key, layout, geometry), = layers.values()
   times = autotune.measure(layout, geometry, 2, jnp.float32, repeats=1, workers=2)
-  assert set(times) == set(autotune.PASSES)
+  assert set(times) == set(autotune.PASSES) | {'training'}
+  assert list(times['training']) == [','.join(c) for c in autotune.compositions(times, layout)]
+  assert all(ms > 0 for ms in times['training'].values())
   for which in autotune.PASSES:
     assert {'dense', 'shifts', 'kxk:grouped1', 'kxk:taps', 'mix:grouped+einsum',
             'mix:grouped+matmul'} <= set(times[which])
@@ -211,6 +213,52 @@ def test_measure_times_every_candidate_of_every_pass():
     name, ms = autotune.best(times[which])
     lowerings.check(name, layout)
     assert ms == min(ms for ms in [times[which]['dense'], times[which]['shifts'], ms])
+
+
+def test_compositions_of_the_per_pass_picks():
+  """Picks, each pick in every pass (not a slow grouped weight gradient), the best whole-layer
+  lowering, dense; no repeats."""
+  module, variables, x = _layer()
+  (key, layout, geometry), = autotune.layers_of(module.apply, variables, x).values()
+  parts = {'dense': 9.0, 'shifts': 8.0, 'split': 7.0, 'kxk:taps': 3.0, 'kxk:grouped': 1.0,
+           'mix:grouped+einsum': 2.0, 'mix:grouped+matmul': 1.0}
+  times = {'forward': parts, 'input_grad': {**parts, 'shifts': 0.5},
+           'weight_grad': {**parts, 'kxk:grouped': 9.0, 'split': 0.5}}
+  grouped_dw_slow = jax.default_backend() == 'cpu'
+  assert autotune.compositions(times, layout) == [
+      ('grouped+matmul', 'shifts', 'split')] + [
+      lowerings.as_choice(n) for n in ['grouped+matmul'] * (not grouped_dw_slow) +
+      ['shifts', 'split', 'dense']]
+  dense = {w: {'dense': 1.0, 'shifts': 2.0} for w in autotune.PASSES}
+  assert autotune.compositions(dense, layout) == [('dense',) * 3]  # one option: not timed
+
+
+def test_training_step_returns_the_output_and_gradients():
+  module, variables, x = _layer()
+  (key, layout, geometry), = autotune.layers_of(module.apply, variables, x).values()
+  x, kernel, mix, dy = autotune.inputs(layout, geometry, 2, jnp.float32)
+  run = lambda x, k, m: lowerings.run('dense', x, k, m, layout, geometry, None)
+  y, grads = jax.jit(autotune.training_step(run))(x, kernel, mix, dy)
+  np.testing.assert_allclose(y, run(x, kernel, mix), rtol=1e-5, atol=1e-5)
+  want = jax.grad(lambda *a: jnp.sum(run(*a) * dy), argnums=(0, 1, 2))(x, kernel, mix)
+  for got, expected in zip(grads, want):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tune_keeps_the_fastest_composition(tmp_path, monkeypatch):
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  def measure(layout, geometry, batch, dtype, passes=autotune.PASSES, **_):
+    times = _fake_measure([])(layout, geometry, batch, dtype, passes)
+    times['training'] = {'taps+matmul,dense,shifts': 3.0, 'shifts,shifts,shifts': 2.0,
+                         'dense,dense,dense': 2.0}
+    return times
+  monkeypatch.setattr(autotune, 'measure', measure)
+  module, variables, x = _layer(batch=8)
+  layers = autotune.layers_of(module.apply, variables, x)
+  plan = autotune.tune(layers)
+  assert set(plan.choices.values()) == {('shifts',) * 3}  # the first of the fastest
+  saved = json.loads((tmp_path / 'cache.json').read_text())['entries']
+  assert [e['choice'] for e in saved.values()] == [['shifts'] * 3]
 
 
 def test_replicated_runs_each_copy_on_its_own_inputs():

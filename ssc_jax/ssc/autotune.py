@@ -16,7 +16,9 @@ kind, device count, batch, input size, channels, kernel, strides, padding,
 g, p, taps and compute dtype (`LayerKey`). `tune` times every candidate of
 `lowerings.candidates` for each pass on one device, at the per-device batch:
 the KxK part and the 1x1 part are timed apart (their costs add) and against
-the whole-layer 'dense'; each pass takes the fastest. `tune_model` finds the
+the whole-layer 'dense'; each pass takes the fastest. Those per-pass picks,
+each pick in every pass, and 'dense' are then timed as a train step runs the
+layer (`compositions`), and the fastest is the choice. `tune_model` finds the
 layers of a model by tracing it abstractly, tunes those not yet known, and
 returns the plan.
 """
@@ -316,6 +318,34 @@ def _pass_fn(name: str, layout: Layout, geometry: Geometry, which: str) -> Calla
   return lambda x, k, m, dy: jax.vjp(lambda k, m: run(x, k, m), k, m)[1](dy)
 
 
+def training_step(fn: Callable) -> Callable:
+  """(x, kernel, mix, dy) -> (fn's output, its gradients for `dy`), as a train step runs a layer.
+
+  The output is returned: gradients alone would let XLA drop the forward
+  pass, whose result no gradient of a linear layer needs.
+  """
+  def step(x, kernel, mix, dy):
+    y, vjp = jax.vjp(fn, x, kernel, mix)
+    return y, vjp(dy)
+  return step
+
+
+def compositions(times: Dict[str, Dict[str, float]], layout: Layout) -> List[Choice]:
+  """The whole-layer options that `measure` times after the passes.
+
+  The per-pass picks (`best` of each pass's `times`); each pick run in every
+  pass (autodiff through one lowering shares work between the passes, which
+  a per-pass split recomputes); the whole-layer lowering ('dense', 'shifts',
+  'split') of least summed time; and 'dense'.
+  """
+  picks = Choice(*(best(times[which])[0] for which in PASSES))
+  whole = min((name for name in lowerings.WHOLE if all(name in times[w] for w in PASSES)),
+              key=lambda name: sum(times[w][name] for w in PASSES))
+  names = [name for name in picks if not _known_slow(name, 'weight_grad', layout)]
+  options = [picks] + [lowerings.as_choice(name) for name in names + [whole, 'dense']]
+  return list(dict.fromkeys(options))
+
+
 def inputs(layout: Layout, geometry: Geometry, batch: int, dtype: Any, seed: int = 0):
   """Random (x, kernel, mix, dy) of the layer's shapes, on the first device."""
   s = layout.structure
@@ -382,8 +412,13 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
 
   Each part ('kxk', 'mix') is timed alone under its own names; the results
   hold them as 'kxk:<name>' and 'mix:<name>', and the whole-layer lowerings
-  ('dense', 'shifts', 'split') under theirs. Each timed call runs `copies` copies
-  of the pass (default `copies_per_call()`); the ms are per copy.
+  ('dense', 'shifts', 'split') under theirs. With all three passes, a fourth
+  entry 'training' then times each of `compositions` (labels
+  'forward,input_grad,weight_grad') as a train step runs the layer: output
+  and both gradients in one program, where lowerings timed apart can add up
+  otherwise (on CPU, 2026-11-27, per-pass winners summing to 0.78x of
+  dense's passes ran at 1.11x of a dense layer together). Each timed call
+  runs `copies` copies (default `copies_per_call()`); the ms are per copy.
   Compilation runs on `workers` threads; timing runs one job at a time.
   """
   copies = copies or copies_per_call()
@@ -397,18 +432,29 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
 
   args = {id(job_layout): [inputs(job_layout, geometry, batch, dtype, seed)
                            for seed in range(copies)]
-          for _, _, job_layout in jobs}
+          for _, _, job_layout in jobs + [(None, None, layout)]}
 
   def compile_job(job):
     which, label, job_layout = job
-    fn = jax.jit(replicated(_pass_fn(label.split(':')[-1], job_layout, geometry, which)))
-    return fn.lower(args[id(job_layout)]).compile()
+    if which == 'training':
+      fn = training_step(lambda x, k, m: lowerings.apply(
+          lowerings.as_choice(label.split(',')), x, k, m, layout, geometry, None))
+    else:
+      fn = _pass_fn(label.split(':')[-1], job_layout, geometry, which)
+    return jax.jit(replicated(fn)).lower(args[id(job_layout)]).compile()
 
-  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-    compiled = list(pool.map(compile_job, jobs))
+  def run(jobs):
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+      compiled = list(pool.map(compile_job, jobs))
+    for (which, label, job_layout), fn in zip(jobs, compiled):
+      times.setdefault(which, {})[label] = median_ms(fn, (args[id(job_layout)],), repeats) / copies
+
   times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
-  for (which, label, job_layout), fn in zip(jobs, compiled):
-    times[which][label] = median_ms(fn, (args[id(job_layout)],), repeats) / copies
+  run(jobs)
+  if tuple(passes) == PASSES:
+    options = compositions(times, layout)
+    if len(options) > 1:
+      run([('training', ','.join(c), layout) for c in options])
   return times
 
 
@@ -470,6 +516,8 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
     times = measure(layout, geometry, max(1, key.batch // batch_divisor), key.dtype, passes)
     picks = {which: best(times[which])[0] for which in passes}
     choice = Choice(*(picks.get(which, picks['forward']) for which in PASSES))
+    if times.get('training'):  # the fastest composition (the per-pass picks on ties)
+      choice = Choice(*min(times['training'], key=times['training'].get).split(','))
     plan.choices[key_id] = choice
     cache.put({key_id: {'choice': list(choice), 'passes': list(passes), 'ms': times}})
     log(f'tuned {key_id} in {time.perf_counter() - start:.1f} s: {tuple(choice)}')
