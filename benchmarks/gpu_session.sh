@@ -20,7 +20,8 @@
 # under a timeout (580 s in all: a first run tunes every layer, then times its
 # winners inside the network, 5-6 compilations of it); tables to
 # OUT/network_speed.md and OUT/layer_speed.md, logs beside them, the
-# autotuner's measurements to OUT/autotune.json.
+# autotuner's measurements to OUT/autotune.json and the cost rule priced by
+# them (benchmarks/cost_rule.py) to OUT/cost_rule.md.
 # The CIFAR-10 JPEG archive is read from .data/cifar10-jpeg.tar.xz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,8 +63,10 @@ speed() {  # speed [CIFAR batch (0: the configs')] [ResNet-50 batch]
     --batch="${2:-128}" --dtype=bfloat16 --repeats=10 --out="$OUT/network_speed.md" 2> "$OUT/r50.log"
   timeout 100 "$PYTHON" benchmarks/layer_speed.py --configs=cifar10_resnet32_10 \
     --batch="${1:-0}" --dtype=bfloat16 --repeats=20 --out="$OUT/layer_speed.md" 2> "$OUT/layers.log"
+  "$PYTHON" benchmarks/cost_rule.py --out="$OUT/cost_rule.md" > /dev/null 2>> "$OUT/layers.log"
   grep -h "tuned\|Error\|forward" "$OUT"/*.log | cut -c1-200 | tail -n 16
   cat "$OUT"/network_speed.md "$OUT"/layer_speed.md
+  tail -n 1 "$OUT/cost_rule.md"
 }
 
 case "$PHASE" in

@@ -71,26 +71,34 @@ def test_layer_speed_table(tmp_path):
 
 
 def test_cost_rule_table(tmp_path):
-  """The rule's picks priced by a cache file's measurements, against the best and dense."""
+  """The rule's picks priced by a cache file's measurements, against the tuned choice and dense:
+  train-step times where the tuner timed that composition, else the passes summed."""
   layer = 'cpu|cpu|x1|b8|16x16|32->32|k3x3|s1x1|pad((1, 1), (1, 1))|g4|p4|cross|float32'
-  parts = {'dense': 10.0, 'shifts': 9.0, 'split': 8.0, 'kxk:taps': 2.0, 'kxk:grouped': 6.0,
-           'mix:grouped+einsum': 1.5, 'mix:grouped+matmul': 0.5}
-  cache = tmp_path / 'cache.json'
-  cache.write_text(json.dumps({'format': 1, 'entries': {
-      layer: {'choice': ['taps+matmul'] * 3, 'passes': list(autotune.PASSES),
-              'ms': {which: parts for which in autotune.PASSES}},
-      layer.replace('b8', 'b9'): {'choice': ['dense'], 'passes': ['forward'],  # eval only
-                                  'ms': {'forward': parts}}}}))
-  result = subprocess.run([sys.executable, 'benchmarks/cost_rule.py', f'--cache={cache}'],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  row, = _table_rows(result.stdout, '8 ')
   key = autotune.LayerKey.from_id(layer)
   rule = autotune.rule(key, layout_lib.layout(structure.ssc_structure(32, 32, 3, 4, 4, 'cross')))
+  parts = {'dense': 10.0, 'shifts': 9.0, 'split': 8.0, 'kxk:taps': 2.0, 'kxk:grouped': 6.0,
+           'kxk:sliced': 3.0, 'mix:grouped+einsum': 1.5, 'mix:grouped+matmul': 0.5}
+  ms = {which: parts for which in autotune.PASSES}
+  timed = dict(ms, training={'dense,dense,dense': 25.0, 'shifts,shifts,shifts': 20.0})
+  cache = tmp_path / 'cache.json'
+  cache.write_text(json.dumps({'format': 1, 'entries': {
+      layer: {'choice': ['shifts'] * 3, 'passes': list(autotune.PASSES), 'ms': timed},
+      layer.replace('b8', 'b7'): {'choice': list(rule), 'passes': list(autotune.PASSES),
+                                  'ms': ms},
+      layer.replace('b8', 'b9'): {'choice': ['dense'], 'passes': ['forward'],  # eval only
+                                  'ms': {'forward': parts}}}}))
+  result = subprocess.run([sys.executable, 'benchmarks/cost_rule.py', f'--cache={cache}',
+                           '--platform=cpu'], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
   rule_ms = sum(autotune.ms_of(parts, name) for name in rule)
-  assert row[7].strip() == ', '.join(rule) and _number(row[8]) == pytest.approx(rule_ms, abs=0.01)
-  assert _number(row[9]) == 7.5 and _number(row[10]) == 30.0  # best 2.5 a pass, dense 10
-  assert 'Totals: rule' in result.stdout and 'of 1 layers slower than dense' in result.stdout
+  timed_row, = _table_rows(result.stdout, '8 ')
+  assert timed_row[7].strip() == ', '.join(rule)
+  assert timed_row[8].strip() == f'~{rule_ms:.2f}'  # that composition was not timed
+  assert [_number(c) for c in timed_row[9:11]] == [20.0, 25.0]
+  summed_row, = _table_rows(result.stdout, '7 ')
+  assert [c.strip() for c in summed_row[8:11]] == [f'~{rule_ms:.2f}', f'~{rule_ms:.2f}', '~30.00']
+  assert 'Totals: rule' in result.stdout and 'of 2 layers slower than dense' in result.stdout
 
 
 def _acceptance(*args, cwd=REPO):

@@ -17,8 +17,9 @@ g, p, taps and compute dtype (`LayerKey`). `tune` times every candidate of
 `lowerings.candidates` for each pass on one device, at the per-device batch:
 the KxK part and the 1x1 part are timed apart (their costs add) and against
 the whole-layer 'dense'; each pass takes the fastest. Those per-pass picks,
-each pick in every pass, and 'dense' are then timed as a train step runs the
-layer (`compositions`), and the fastest is the choice. `tune_model` finds the
+each pick in every pass, the best whole-layer lowering and 'dense' are then
+timed as a train step runs the layer (`compositions`), and the fastest is
+the choice. `tune_model` finds the
 layers of a model by tracing it abstractly, tunes those not yet known, and
 returns the plan.
 """
@@ -443,13 +444,14 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
       fn = _pass_fn(label.split(':')[-1], job_layout, geometry, which)
     return jax.jit(replicated(fn)).lower(args[id(job_layout)]).compile()
 
+  times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
+
   def run(jobs):
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
       compiled = list(pool.map(compile_job, jobs))
     for (which, label, job_layout), fn in zip(jobs, compiled):
       times.setdefault(which, {})[label] = median_ms(fn, (args[id(job_layout)],), repeats) / copies
 
-  times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
   run(jobs)
   if tuple(passes) == PASSES:
     options = compositions(times, layout)
