@@ -19,6 +19,7 @@ from ssc_jax import tuning
 from ssc_jax.ssc import autotune
 from ssc_jax.ssc import layout as layout_lib
 from ssc_jax.ssc import lowerings
+from ssc_jax.ssc import structure
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -375,6 +376,24 @@ def test_tune_model_plans_every_auto_layer_of_a_model(tmp_path, monkeypatch):
     y = jax.jit(_TwoLayers().apply)(variables, x)
   reference = _TwoLayers(implementation='dense').apply(variables, x)
   assert _relative(y, reference) < 1e-5
+
+
+def test_the_cost_rule_follows_the_cpu_measurements():
+  def rule(m, n, g, p, taps='cross', stride=1, platform='cpu'):
+    layout = layout_lib.layout(structure.ssc_structure(m, n, 3 if g else 1, g, p, taps))
+    key = autotune.LayerKey(platform, platform, 1, 64, (16, 16), m, n, (3, 3) if g else (1, 1),
+                            (stride, stride), ((1, 1), (1, 1)), g, p, taps, 'float32')
+    return tuple(autotune.rule(key, layout))
+  assert rule(64, 256, None, 4) == ('grouped+matmul',) * 3
+  assert rule(32, 32, 2, 2) == ('dense',) * 3  # nothing to gain at 32 channels, two groups
+  assert rule(64, 64, 4, 4, platform='gpu') == ('dense',) * 3
+  assert rule(128, 128, 1, 2) == ('taps',) * 3 and rule(32, 32, 1, 2) == ('split',) * 3
+  assert rule(64, 64, 1, 2, taps='full') == ('dense',) * 3
+  assert rule(64, 64, 4, 4) == ('sliced',) * 3 and rule(64, 64, 6, 3) == ('sliced',) * 3
+  assert rule(128, 128, 15, 4) == ('sliced',) * 3  # a coarser slicing from g = 16 on
+  assert rule(128, 128, 16, 4) == ('sliced8',) * 3 and rule(128, 128, 64, 4) == ('sliced8',) * 3
+  assert rule(128, 128, 19, 4) == ('sliced',) * 3  # no divisor of 19 to slice by
+  assert rule(32, 64, 4, 4, stride=2) == ('shifts', 'shifts', 'sliced')
 
 
 def test_the_rule_names_valid_lowerings():

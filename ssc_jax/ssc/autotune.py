@@ -204,23 +204,31 @@ def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice
 def rule(key: LayerKey, layout: Layout) -> Choice:
   """The cost rule used where nothing was measured.
 
-  From the measurements in benchmarks/results/ (2026-11-27). On CPU,
-  shifted-window matmuls over the kept positions ('taps') win the weight
-  gradient of every SSC layer measured there but the 32-channel one with two
-  groups, whose passes all favour the masked dense kernel, and with the mix
-  as a masked matmul they win the forward pass from 4 groups on. On an H100
-  every candidate timed alone cost about one call (0.05-0.2 ms,
-  2026-11-27-h100.md), which ranks nothing: the rule keeps the masked dense
-  kernel there, which costs what a dense convolution costs.
+  From the tuner's measurements of every SSC layer shape of the seed configs
+  on a 2-core CPU (2026-11-27-cpu-2core.md; `benchmarks/cost_rule.py`
+  prices it against them). There, one plain convolution per group of
+  channels ('sliced', at a coarser slicing of at least `SLICE_CHANNELS`
+  channels from g = 16 on) wins most layers in every pass; strided layers
+  run their forward and input gradient as shifted matmuls ('shifts'); a
+  KxK part with one group ('g = 1') with positions left out runs them as
+  matmuls over the kept positions ('taps') from 64 channels on, as dilated
+  rectangles ('split') below; 32-channel layers with two groups gain nothing
+  over the masked dense kernel. On an H100 every candidate timed alone cost
+  about one call (0.05-0.2 ms, 2026-11-27-h100.md), which ranks nothing: the
+  rule keeps the masked dense kernel there, which costs what a dense
+  convolution costs.
   """
   s = layout.structure
   if s.g is None:
     return lowerings.as_choice('grouped+matmul')
-  if key.platform != 'cpu':
+  width = min(s.in_features, s.features)
+  partial = len(layout.shift_positions) < s.kernel_size[0] * s.kernel_size[1]
+  if key.platform != 'cpu' or (s.g == 1 and not partial) or (width <= 32 and s.g == 2):
     return lowerings.as_choice('dense')
-  if s.g == 1 or (min(s.in_features, s.features) <= 32 and s.g <= 2):
-    return lowerings.as_choice('dense')
-  return Choice('taps+matmul' if s.g >= 4 else 'taps', 'taps', 'taps')
+  if s.g == 1:
+    return lowerings.as_choice('taps' if width >= 64 else 'split')
+  sliced = lowerings.coarse_slicing(layout) if s.g >= 16 else 'sliced'
+  return Choice('shifts', 'shifts', sliced) if max(key.strides) > 1 else lowerings.as_choice(sliced)
 
 
 # --- the cache file -----------------------------------------------------------

@@ -342,6 +342,13 @@ def _coarser(g: int, width: int, channels: int) -> List[int]:
   return [d for d in range(g - 1, 1, -1) if g % d == 0 and width // d >= channels][:1]
 
 
+def coarse_slicing(layout: Layout) -> str:
+  """'sliced<G>' at the coarser slicing that `candidates` times, else 'sliced' (at g)."""
+  s = layout.structure
+  coarser = _coarser(s.g, min(s.in_features, s.features), SLICE_CHANNELS)
+  return f'sliced{coarser[0]}' if coarser else 'sliced'
+
+
 def candidates(layout: Layout) -> List[str]:
   """The lowerings of this layer that the autotuner times.
 
@@ -359,7 +366,7 @@ def candidates(layout: Layout) -> List[str]:
     width = min(s.in_features, s.features)
     kxk += [f'grouped{d}' for d in _coarser(s.g, width, COARSE_CHANNELS)]
     if s.g > 1:
-      kxk += ['grouped1', 'sliced'] + [f'sliced{d}' for d in _coarser(s.g, width, SLICE_CHANNELS)]
+      kxk += list(dict.fromkeys(['grouped1', 'sliced', coarse_slicing(layout)]))
     kxk.append('taps')
   mixes = list(MIXES) if layout.mix is not None else ['einsum']
   names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
