@@ -1,10 +1,5 @@
-"""Fixtures shared by several test modules, and the suite's XLA compilation cache."""
+"""Fixtures shared by several test modules."""
 
-import os
-import shutil
-import tempfile
-
-import jax
 import pytest
 import tensorflow_datasets as tfds
 
@@ -14,28 +9,6 @@ from ssc_jax.ssc import autotune
 # workers then end on short tests and finish together.
 _HEAVY_MODULES = ('test_train.py', 'test_multihost.py', 'test_train_networks.py',
                   'test_search.py', 'test_console.py', 'test_report.py', 'test_lowerings.py')
-
-_XLA_CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
-_CREATED = pytest.StashKey[str]()  # the cache directory this run made (and removes)
-
-
-def pytest_configure(config):
-  """One persistent XLA compilation cache for the whole suite.
-
-  Many tests compile the same programs (the digits model's steps, in this
-  process and in the `python -m ssc_jax.main` processes they start). The
-  controller creates the directory; xdist workers and child processes inherit
-  it through the environment, so each program compiles once per run.
-  """
-  if _XLA_CACHE_ENV not in os.environ:
-    os.environ[_XLA_CACHE_ENV] = tempfile.mkdtemp(prefix='ssc_jax_tests_xla_')
-    config.stash[_CREATED] = os.environ[_XLA_CACHE_ENV]
-  jax.config.update('jax_compilation_cache_dir', os.environ[_XLA_CACHE_ENV])
-
-
-def pytest_unconfigure(config):
-  if _CREATED in config.stash:
-    shutil.rmtree(config.stash[_CREATED], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
