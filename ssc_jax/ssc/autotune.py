@@ -441,7 +441,7 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
 
   args = {id(job_layout): [inputs(job_layout, geometry, batch, dtype, seed)
                            for seed in range(copies)]
-          for _, _, job_layout in jobs + [(None, None, layout)]}
+          for _, _, job_layout in jobs}  # 'dense' is a job of every pass: `layout` is in
 
   def compile_job(job):
     which, label, job_layout = job
