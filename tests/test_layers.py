@@ -48,13 +48,18 @@ def spec_mask(m, n, k, g, p, taps='full'):
   return mask
 
 
+def normal(seed, shape, dtype=jnp.float32):
+  """Standard normal entries from numpy: no random-number program to compile per shape."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
 def perturbed_variables(module, x, seed=0):
-  """Initialised variables with every entry moved off its init (bias too)."""
-  variables = module.init(jax.random.key(seed), x)
-  leaves, treedef = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [a + 0.5 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
-  return jax.tree.unflatten(treedef, leaves)
+  """Variables of the module's shapes with every entry standard normal (bias too): no entry
+  sits at an initial value such as zero."""
+  shapes = jax.eval_shape(module.init, jax.random.key(seed), x)
+  leaves, treedef = jax.tree.flatten(shapes)
+  return jax.tree.unflatten(treedef, [normal((seed, i), a.shape, a.dtype)
+                                      for i, a in enumerate(leaves)])
 
 
 def reference_conv(x, kernel, strides, padding):
@@ -85,14 +90,14 @@ def test_matches_dense_convolution(m, n, k, g, p, strides, padding, implementati
   """Output equals lax.conv with the dense kernel; the kernel's support is the spec's."""
   module = SSCConv(n, k, strides, padding, g=g, p=p, precision=HIGHEST,
                    implementation=implementation)
-  x = jax.random.normal(jax.random.key(m * 1000 + n), (2, 11, 10, m))
+  x = normal(m * 1000 + n, (2, 11, 10, m))
   variables = perturbed_variables(module, x)
   structure = module.structure(m)
   kernel = dense_kernel(structure, variables)
   np.testing.assert_array_equal(np.asarray(kernel) != 0, spec_mask(m, n, k, g, p))
   pads = lax.padtype_to_pads((11, 10), (k, k), (strides, strides), padding)
   expected = reference_conv(x, kernel, (strides, strides), pads) + variables['params']['bias']
-  out = module.apply(variables, x)
+  out = jax.jit(module.apply)(variables, x)
   assert out.shape == expected.shape
   assert relative_error(out, expected) < 1e-5
 
@@ -106,7 +111,7 @@ def test_all_paddings_and_strides(k, strides, padding, implementation):
   m, n, g, p = 10, 6, 2, 3
   module = SSCConv(n, k, strides, padding, g=g, p=p, precision=HIGHEST,
                    implementation=implementation)
-  x = jax.random.normal(jax.random.key(k), (1, 13, 9, m))
+  x = normal(k, (1, 13, 9, m))
   variables = perturbed_variables(module, x, seed=k)
   kernel = dense_kernel(module.structure(m), variables)
   pads = padding
@@ -115,7 +120,7 @@ def test_all_paddings_and_strides(k, strides, padding, implementation):
   elif isinstance(padding, int):
     pads = ((padding, padding),) * 2
   expected = reference_conv(x, kernel, (strides, strides), pads) + variables['params']['bias']
-  assert relative_error(module.apply(variables, x), expected) < 1e-5
+  assert relative_error(jax.jit(module.apply)(variables, x), expected) < 1e-5
 
 
 @pytest.mark.parametrize('m,n,k,g,p', [(6, 9, 3, 2, 4), (8, 8, 3, None, 3), (7, 5, 1, None, 2),
@@ -123,7 +128,7 @@ def test_all_paddings_and_strides(k, strides, padding, implementation):
 def test_dense_kernel_is_the_layer_jacobian(m, n, k, g, p):
   """dense_kernel equals the layer's own Jacobian on a KxK input (no bias)."""
   module = SSCConv(n, k, padding='VALID', g=g, p=p, use_bias=False, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(3), (1, k, k, m))
+  x = normal(3, (1, k, k, m))
   variables = perturbed_variables(module, x)
   jacobian = jax.jacobian(lambda v: module.apply(variables, v)[0, 0])(x[0])  # (N, K, K, M)
   np.testing.assert_allclose(np.moveaxis(np.asarray(jacobian), 0, -1),
@@ -188,7 +193,7 @@ def _flax_conv(features, k, groups, kernel, bias, x, strides=1, padding='SAME'):
     (24, 24, 3, 24, 2, 'SAME')])
 def test_dense_grouped_depthwise_equal_flax_conv(m, n, k, g, strides, padding):
   module = SSCConv(n, k, strides, padding, g=g, p=None, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(0), (2, 9, 9, m))
+  x = normal(0, (2, 9, 9, m))
   variables = perturbed_variables(module, x)
   params = variables['params']
   expected = _flax_conv(n, k, g, params['kernel'], params['bias'], x, strides, padding)
@@ -198,7 +203,7 @@ def test_dense_grouped_depthwise_equal_flax_conv(m, n, k, g, strides, padding):
 def test_dense_with_any_p_equals_flax_conv():
   """g = 1 leaves nothing to mix: any p gives the dense convolution."""
   module = SSCConv(10, 3, g=1, p=3, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 7))
+  x = normal(0, (2, 6, 6, 7))
   variables = perturbed_variables(module, x)
   params = variables['params']
   assert 'mix' not in params
@@ -211,7 +216,7 @@ def test_grouped_pointwise_equals_flax_conv(p):
   """K=1, g=None, p=P is nn.Conv(feature_group_count=P) on residue-ordered channels."""
   m, n = 16, 24
   module = SSCConv(n, 1, g=None, p=p, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(0), (2, 5, 5, m))
+  x = normal(0, (2, 5, 5, m))
   variables = perturbed_variables(module, x)
   mix, bias = variables['params']['mix'], variables['params']['bias']  # (P, M/P, N/P)
   in_order = np.arange(m).reshape(m // p, p).T.reshape(-1)  # residue-major
@@ -236,8 +241,8 @@ def test_hetconv_like():
 @pytest.mark.parametrize('m,n,k,g,p', [(12, 18, 3, 5, 4), (16, 16, 3, 4, 2), (9, 9, 1, None, 2)])
 def test_gradients_and_sgd_stay_in_pattern(m, n, k, g, p):
   module = SSCConv(n, k, g=g, p=p, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(0), (4, 6, 6, m))
-  target = jax.random.normal(jax.random.key(1), (4, 6, 6, n))
+  x = normal(0, (4, 6, 6, m))
+  target = normal(1, (4, 6, 6, n))
   variables = perturbed_variables(module, x)
   structure = module.structure(m)
 
@@ -273,7 +278,7 @@ def test_gradients_and_sgd_stay_in_pattern(m, n, k, g, p):
 
 def test_jit_vmap_remat_and_batch_dims():
   module = SSCConv(12, 3, g=3, p=5, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(0), (3, 2, 7, 7, 10))
+  x = normal(0, (3, 2, 7, 7, 10))
   variables = perturbed_variables(module, x[0])
   eager = module.apply(variables, x[0])
   assert relative_error(jax.jit(module.apply)(variables, x[0]), eager) < 1e-6
@@ -347,7 +352,7 @@ def test_explicit_sharding_mesh(devices):
 
 def test_bfloat16_compute_with_float32_params():
   module = SSCConv(32, 3, g=4, p=3, dtype=jnp.bfloat16)
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 24))
+  x = normal(0, (2, 8, 8, 24))
   variables = perturbed_variables(module, x)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
   out = module.apply(variables, x)
@@ -369,7 +374,7 @@ class _SmallNet(nn.Module):
 
 def test_inside_a_linen_model_and_nnx_bridge():
   from flax import nnx
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  x = normal(0, (2, 8, 8, 3))
   variables = _SmallNet().init(jax.random.key(1), x)
   assert variables['params']['stem']['mix'].shape == (1, 3, 16)
   expected = _SmallNet().apply(variables, x)
@@ -417,14 +422,14 @@ def test_patterns_match_dense_reference(case, implementation):
   strides = 1 + PATTERNS.index(case) % 2
   module = SSCConv(n, k, strides, 'SAME', g=g, p=p, taps=taps, precision=HIGHEST,
                    implementation=implementation)
-  x = jax.random.normal(jax.random.key(m + 31 * n + k), (2, 9, 8, m))
+  x = normal(m + 31 * n + k, (2, 9, 8, m))
   variables = perturbed_variables(module, x, seed=k)
   structure = module.structure(m)
   mask = spec_mask(m, n, k, g, p, taps)
   np.testing.assert_array_equal(structure.mask, mask)
   kernel = dense_kernel(structure, variables)
   np.testing.assert_array_equal(np.asarray(kernel) != 0, mask)
-  target = jax.random.normal(jax.random.key(7), module.apply(variables, x).shape)
+  target = normal(7, jax.eval_shape(module.apply, variables, x).shape)
   pads = lax.padtype_to_pads((9, 8), (k, k), (strides, strides), 'SAME')
   bias = variables['params']['bias']
 
@@ -502,7 +507,7 @@ def _dot_general_contractions(fn, *args):
 def test_taps_lowering_runs_only_kept_positions(taps, windows):
   """'taps' contracts over the kept positions only: 5 windows for 'cross', not 9."""
   module = SSCConv(32, 3, g=4, p=None, taps=taps, implementation='taps')
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+  x = normal(0, (2, 8, 8, 32))
   variables = module.init(jax.random.key(1), x)
   assert _dot_general_contractions(module.apply, variables, x) == [w * 8 for w in windows]
 
@@ -567,7 +572,7 @@ def test_out_of_range_settings_name_module_field_and_range(kwargs, field, allowe
 def test_p_beyond_the_input_channels():
   """p in (M, N]: the mix joins c to n = c + k*p (the seed's p = 64 on 32 -> 64 channels)."""
   module = SSCConv(64, 3, g=32, p=64, precision=HIGHEST)
-  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 32))
+  x = normal(0, (2, 6, 6, 32))
   variables = perturbed_variables(module, x)
   kernel = dense_kernel(module.structure(32), variables)
   np.testing.assert_array_equal(np.asarray(kernel) != 0, spec_mask(32, 64, 3, 32, 64))

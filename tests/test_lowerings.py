@@ -20,6 +20,7 @@ from ssc_jax.ssc import autotune
 from ssc_jax.ssc import layout as layout_lib
 from ssc_jax.ssc import lowerings
 from ssc_jax.ssc import structure
+from test_layers import normal, perturbed_variables
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -39,14 +40,12 @@ def _setup(case, seed=0):
   m, n, k, strides, g, p, taps = case
   module = SSCConv(n, k, strides, g=g, p=p, taps=taps, use_bias=False, precision=HIGHEST,
                    implementation='dense')
-  x = jax.random.normal(jax.random.key(seed), (2, 9, 8, m))
-  params = module.init(jax.random.key(seed + 1), x)['params']
-  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(seed + 2), a.shape),
-                        params)
+  x = normal(seed, (2, 9, 8, m))
+  params = perturbed_variables(module, x, seed + 1)['params']
   structure = module.structure(m)
   kernel = dense_kernel(structure, params)
   pads = lax.padtype_to_pads((9, 8), (k, k), (strides, strides), 'SAME')
-  target = jax.random.normal(jax.random.key(seed + 3), module.apply({'params': params}, x).shape)
+  target = normal(seed + 3, jax.eval_shape(module.apply, {'params': params}, x).shape)
   return module, x, params, structure, kernel, pads, target
 
 
@@ -201,9 +200,11 @@ def test_measure_times_every_candidate_of_every_pass():
   assert len(layers) == 1
   (key, layout, geometry), = layers.values()
   times = autotune.measure(layout, geometry, 2, jnp.float32, repeats=1, workers=2)
-  assert set(times) == set(autotune.PASSES) | {'training'}
-  assert list(times['training']) == [','.join(c) for c in autotune.compositions(times, layout)]
-  assert all(ms > 0 for ms in times['training'].values())
+  options = [','.join(c) for c in autotune.compositions(times, layout)]
+  # One option (every pass picked 'dense', as timing noise may have it): nothing to compare.
+  assert set(times) == set(autotune.PASSES) | ({'training'} if len(options) > 1 else set())
+  assert list(times.get('training', options)) == options
+  assert all(ms > 0 for ms in times.get('training', {}).values())
   for which in autotune.PASSES:
     assert {'dense', 'shifts', 'kxk:grouped1', 'kxk:taps', 'mix:grouped+einsum',
             'mix:grouped+matmul'} <= set(times[which])

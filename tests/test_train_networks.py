@@ -92,11 +92,12 @@ def test_loss_falls_on_cifar10_jpeg_subset(tmp_path):
   config.update(dict(data_source='folder', folder_dir=root, pipeline='device', batch_size=50,
                      eval_batch_size=100, num_epochs=6, lr_boundaries_epochs=(),
                      learning_rate=0.05, log_every_steps=9, checkpoint_every_steps=1000,
-                     autotune=False))  # the cost rule: timing the layers is not this test's point
+                     lowering='dense'))  # the quickest to compile: lowerings are not the point
   config.model.width = 1
   summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
   lines = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   losses = [l['train_loss'] for l in lines if 'train_loss' in l]
   assert len(losses) == 8  # all 600 images (a paper row): 72 steps, logged every 9
-  assert losses[-1] < losses[0] - 0.2, losses
+  # From about ln(10) = 2.30 at the start to about 2.1 (2026-11-27: 2.39 -> 2.10, 2.16).
+  assert np.mean(losses[-2:]) < losses[0] - 0.15, losses
   assert summary['test_top1'] > 0.15  # 10 classes: chance is 0.1
