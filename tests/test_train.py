@@ -19,7 +19,9 @@ import pytest
 
 from ssc_jax import checkpointing
 from ssc_jax import config_lib
+from ssc_jax import models
 from ssc_jax import optim
+from ssc_jax import sharding
 from ssc_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -165,6 +167,27 @@ def test_warmup_longer_than_first_boundary_is_refused():
 
 
 # --- the loop ------------------------------------------------------------------
+
+def test_init_compiled_for_compile_time_gives_the_initial_state():
+  """create_train_state's init program (compiled with `init_compiler_options`) gives the
+  state a default jit of the same program gives, up to float rounding."""
+  config = default_config()
+  model = models.create_model(config.model, 10)
+  tx = optim.create_optimizer(config, 100)
+  mesh = sharding.create_mesh()
+  state = train.create_train_state(model, tx, (8, 8, 1), jax.random.key(3), mesh)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 1)), train=False))(
+      jax.random.key(3))
+  expected = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  got = {'params': state.params, 'batch_stats': state.batch_stats}
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert any(np.std(np.asarray(a)) > 0.01 for a in jax.tree.leaves(got))  # random, not zeros
+  assert int(state.step) == 0
+  if jax.default_backend() == 'cpu':
+    assert train.init_compiler_options() == {'xla_backend_optimization_level': 0}
+
 
 def test_default_config_reaches_its_stated_accuracy(tmp_path):
   """The docstring of configs/default.py promises test accuracy >= 0.97."""
