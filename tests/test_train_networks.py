@@ -98,6 +98,7 @@ def test_loss_falls_on_cifar10_jpeg_subset(tmp_path):
   lines = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   losses = [l['train_loss'] for l in lines if 'train_loss' in l]
   assert len(losses) == 8  # all 600 images (a paper row): 72 steps, logged every 9
-  # From about ln(10) = 2.30 at the start to about 2.1 (2026-11-27: 2.39 -> 2.10, 2.16).
-  assert np.mean(losses[-2:]) < losses[0] - 0.15, losses
+  # The last two logged losses average about 0.25 below the first (2026-11-27: 2.39 -> 2.13
+  # on 'dense', 2.39 -> 2.09 on the cost rule).
+  assert np.mean(losses[-2:]) < losses[0] - 0.2, losses
   assert summary['test_top1'] > 0.15  # 10 classes: chance is 0.1
