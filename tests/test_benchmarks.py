@@ -157,3 +157,19 @@ def test_network_profile_table():
   assert not any(re.search(r'\.\d+$', kind) for kind in kinds)  # numbers dropped: kinds
   shares = [_number(row[2].strip().rstrip('%')) for row in rows]
   assert abs(sum(shares) - 100) < 1  # --top covers every kind here
+
+
+def test_residual_recompute_table():
+  """One row per mode with its gradient time and the optimized HLO's counts."""
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/residual_recompute.py', '--blocks=2', '--batch=4', '--size=8',
+       '--channels=8', '--repeats=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'^# residual recompute, .*2 blocks, batch 4, 8x8, 8 channels', result.stdout,
+                   re.M), result.stdout
+  rows = _table_rows(result.stdout, '')[1:]
+  assert [row[0].strip() for row in rows] == ['plain', 'barrier', 'divide']
+  for row in rows:
+    ms, fusions, barriers, largest = (_number(cell) for cell in row[1:])
+    assert ms > 0 and fusions >= 0 and barriers >= 0
+    assert (largest > 0) == (fusions > 0)  # a transpose fusion calls a computation of ops
