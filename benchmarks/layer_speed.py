@@ -11,9 +11,12 @@ lowering of `ssc_jax.ssc.lowerings.candidates` (--lowerings=all, or a comma
 list of names; those a layer cannot run are left out), and 'auto', the autotuner's per-pass choice
 (`ssc_jax.ssc.autotune.tune`, cached in its cache file), each as forward and
 forward+backward milliseconds (median of --repeats, warm-up and compilation
-excluded), with the layer's MAC fraction (its ideal time ratio). Prints a
-markdown table headed by the machine, card, versions and date. A dense
-layer of a config (one that keeps every weight) is not an SSC layer and is skipped.
+excluded), with the layer's MAC fraction (its ideal time ratio). Each is
+timed on one device at the per-device batch (the batch over the device
+count), as a training run's tuner times it, so the cache entries it writes
+are the ones training reads. Prints a markdown table headed by the machine,
+card, versions and date. A dense layer of a config (one that keeps every
+weight) is not an SSC layer and is skipped.
 """
 
 import argparse
@@ -51,9 +54,14 @@ def config_layers(name: str, batch: int, dtype: str):
           if v[1].structure.num_weights < v[1].structure.num_dense_weights}
 
 
+def per_device(key: autotune.LayerKey) -> int:
+  """The batch one device runs in a data-parallel step of the key's batch."""
+  return max(1, key.batch // jax.device_count())
+
+
 def time_fn(fn, key: autotune.LayerKey, layout, geometry, repeats: int):
   """(forward ms, forward+backward ms) of fn(x, kernel, mix) on random inputs."""
-  x, kernel, mix, dy = autotune.inputs(layout, geometry, key.batch, key.dtype)
+  x, kernel, mix, dy = autotune.inputs(layout, geometry, per_device(key), key.dtype)
   return (autotune.median_ms(jax.jit(fn), (x, kernel, mix), repeats),
           autotune.median_ms(jax.jit(autotune.training_step(fn)), (x, kernel, mix, dy), repeats))
 
@@ -76,9 +84,10 @@ def dense_conv_ms(key: autotune.LayerKey, geometry, repeats: int):
     return lax.conv_general_dilated(x, k, geometry.strides, geometry.pads,
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-  x = jax.random.normal(jax.random.key(0), (key.batch,) + geometry.input_size + (key.in_features,),
+  batch = per_device(key)
+  x = jax.random.normal(jax.random.key(0), (batch,) + geometry.input_size + (key.in_features,),
                         key.dtype)
-  dy = jax.random.normal(jax.random.key(2), (key.batch,) + geometry.output_size + (key.features,),
+  dy = jax.random.normal(jax.random.key(2), (batch,) + geometry.output_size + (key.features,),
                          key.dtype)
   return (autotune.median_ms(jax.jit(conv), (x, kernel, None), repeats),
           autotune.median_ms(jax.jit(autotune.training_step(conv)), (x, kernel, None, dy),
@@ -95,6 +104,11 @@ def main():
                       help="'all' candidates, 'auto' (only the tuned choice) or a comma list")
   parser.add_argument('--out', default=None, help='also write the table to this file')
   args = parser.parse_args()
+  if args.lowerings not in ('all', 'auto'):
+    unknown = [n for n in args.lowerings.split(',') if not lowerings.is_name(n)]
+    if unknown:
+      parser.error(f'--lowerings: {", ".join(map(repr, unknown))} not a lowering; each must be '
+                   f'{lowerings.NAMES}')
   layers = {}
   for name in args.configs.split(','):
     for key_id, value in config_layers(name, args.batch, args.dtype).items():
@@ -104,8 +118,8 @@ def main():
            f'{device.platform} {device.device_kind} x{jax.device_count()}, {args.dtype}, '
            f'median of {args.repeats}; fwd / fwd+bwd ms; {len(layers)} layer shapes of '
            f'{args.configs}', '',
-           '| first config | batch | HxW | M->N | stride | g | p | taps | MAC fraction '
-           '| dense conv | lowering: fwd / fwd+bwd ms | auto (fwd, dx, dw) | auto / dense, fwd+bwd |',
+           '| first config | batch per device | HxW | M->N | stride | g | p | taps '
+           '| MAC fraction | dense conv | lowering: fwd / fwd+bwd ms | auto (fwd, dx, dw) | auto / dense, fwd+bwd |',
            '|---|---:|---|---|---:|---:|---:|---|---:|---:|---|---|---:|']
   emit('\n'.join(lines), args.out)
   for key_id, (key, layout, geometry, name) in layers.items():
@@ -119,10 +133,11 @@ def main():
       fn = lambda x, k, m, lowering=lowering: lowerings.run(lowering, x, k, m, layout, geometry, None)
       cells.append('{}: {:.2f} / {:.2f}'.format(lowering, *time_fn(fn, key, layout, geometry,
                                                                  args.repeats)))
-    choice = autotune.tune({key_id: (key, layout, geometry)}).choices[key_id]
+    choice = autotune.tune({key_id: (key, layout, geometry)},
+                           batch_divisor=jax.device_count()).choices[key_id]
     auto = time_fn(lambda x, k, m: lowerings.apply(choice, x, k, m, layout, geometry, None),
                    key, layout, geometry, args.repeats)
-    row = (f'| {name} | {key.batch} | {key.input_size[0]}x{key.input_size[1]} | '
+    row = (f'| {name} | {per_device(key)} | {key.input_size[0]}x{key.input_size[1]} | '
            f'{key.in_features}->{key.features} | {key.strides[0]} | {key.g} | {key.p} | {key.taps} '
            f'| {structure.num_weights / structure.num_dense_weights:.3f} '
            f'| {dense[0]:.2f} / {dense[1]:.2f} | {"<br>".join(cells) or "-"} '

@@ -1,7 +1,8 @@
 """Where a network's step spends its time: the compiled step's XLA ops by kind, per call.
 
     python benchmarks/network_profile.py --config=cifar10_resnet32_10 [--step=train|eval]
-        [--lowering=auto] [--batch=N] [--dtype=float32|bfloat16] [--calls=3] [--top=15]
+        [--lowering=auto] [--batch=N] [--eval_batch=N] [--dtype=float32|bfloat16] [--calls=3]
+        [--top=15]
 
 Prepares the config's train step or eval forward as benchmarks/network_speed.py
 does (random batches, the lowering plan chosen first), times it untraced
@@ -61,6 +62,7 @@ def main():
   parser.add_argument('--calls', type=int, default=3)
   parser.add_argument('--top', type=int, default=15)
   args = parser.parse_args()
+  network_speed.check_lowering(parser, args.lowering)
   steps = network_speed.prepare(args.config, args, args.lowering)
   step = steps.train if args.step == 'train' else steps.evaluate
   with autotune.installed(steps.plan):
@@ -73,7 +75,8 @@ def main():
       kinds = op_ms_per_kind(trace_dir, args.calls)
   device = jax.devices()[0]
   total = sum(kinds.values())
-  print(f'# {args.config} {args.step} step, batch {steps.config.batch_size}, lowering '
+  batch = steps.config.batch_size if args.step == 'train' else steps.config.eval_batch_size
+  print(f'# {args.config} {args.step} step, batch {batch}, lowering '
         f'{args.lowering}, {datetime.date.today()}: {platform.node()}, jax {jax.__version__}, '
         f'{device.platform} {device.device_kind}\n\n'
         f'wall {wall_ms:.1f} ms per call (median of {args.calls}, untraced); XLA ops '

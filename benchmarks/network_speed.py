@@ -8,11 +8,13 @@ For every config and its `_dense` baseline (cifar10_resnet32_10 ->
 cifar10_resnet32_dense, the ablations -> cifar100_resnet32_dense,
 imagenet_r50_* -> imagenet_r50_dense) in one process: the lowering plan
 (`ssc_jax.tuning.decide_plan`: measured per layer and pass, its cost in
-seconds; the dense baselines run plain convolutions, as `nn.Conv`), then the median milliseconds of a train step and of an eval
-forward on random images of the dataset's shape (warm-up and compilation
-excluded), images/second, and SSC's time over dense's next to the MAC
-fraction (the ideal ratio). Without --batch each config keeps its own batch
-size. Prints a markdown table headed by the machine, card, versions and date.
+seconds; the dense baselines run plain convolutions, as `nn.Conv`), then the
+median milliseconds of a train step and of an eval forward on random images
+of the dataset's shape (warm-up and compilation excluded), images/second,
+and SSC's time over dense's next to the MAC fraction (the ideal ratio).
+Without --batch each config keeps its own batch size; the eval forward runs
+at --eval_batch, else at the train step's batch. Prints a markdown table
+headed by the machine, card, versions and date.
 """
 
 import argparse
@@ -35,6 +37,7 @@ from ssc_jax import sharding
 from ssc_jax import train
 from ssc_jax import tuning
 from ssc_jax.ssc import autotune
+from ssc_jax.ssc import lowerings
 
 CONFIG_DIR = budget.CONFIG_DIR
 
@@ -120,6 +123,12 @@ def emit(text: str, out) -> None:
       f.write(text + '\n')
 
 
+def check_lowering(parser: argparse.ArgumentParser, lowering: str) -> None:
+  """Exits with a usage error unless `lowering` is 'auto' or a lowering's name."""
+  if lowering != 'auto' and not lowerings.is_name(lowering):
+    parser.error(f"--lowering={lowering!r} must be 'auto' or {lowerings.NAMES}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--configs', default='cifar10_resnet32_10,cifar10_vgg19_10')
@@ -132,6 +141,7 @@ def main():
   parser.add_argument('--no_eval', action='store_true', help='time the train step only')
   parser.add_argument('--out', default=None, help='also write the table to this file')
   args = parser.parse_args()
+  check_lowering(parser, args.lowering)
   device = jax.devices()[0]
   lines = [f'# network speed, {datetime.date.today()}: {platform.node()}, jax {jax.__version__}, '
            f'{device.platform} {device.device_kind} x{jax.device_count()}, dtype '

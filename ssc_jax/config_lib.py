@@ -211,9 +211,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       'config.full_train=False and config.validation_fraction > 0 (got '
                       f'{config.full_train}, {config.validation_fraction})')
   if config.lowering != 'auto' and not lowerings.is_name(config.lowering):
-    raise ConfigError(f"config.lowering={config.lowering!r} must be 'auto' or a lowering: 'dense', "
-                      "'shifts', 'split', or '<kxk>+<mix>' (ssc_jax/ssc/lowerings.py), e.g. "
-                      "'taps+matmul'")
+    raise ConfigError(f"config.lowering={config.lowering!r} must be 'auto' or a lowering: "
+                      f'{lowerings.NAMES} (ssc_jax/ssc/lowerings.py)')
   if config.learning_rate <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
     raise ConfigError('config: learning_rate must be > 0, weight_decay >= 0 and momentum in '
                      f'[0, 1) (got {config.learning_rate}, {config.weight_decay}, {config.momentum})')

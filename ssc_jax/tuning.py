@@ -136,15 +136,18 @@ def decide_plan(model, config, image_shape) -> autotune.Plan:
   Measured choices give way to faster ones for the whole network
   (`_whole_network_checks`). The eval step's layers take the inference
   forward lowering of the same layer in the train step (only their batch
-  differs); eval-only layers are tuned for the forward pass.
+  differs); eval-only layers are tuned for the forward pass. With autotune off
+  nothing is timed or checked: each layer takes its cache entry's own choice
+  (the eval step's from an entry that timed its forward pass) or the cost rule.
   """
   train, evaluate = _layers(model, config, image_shape)
   if not config.autotune:
     def chosen(layers):
       return {key_id: autotune.choose(layout, geometry, key.batch, key.dtype)
               for key_id, (key, layout, geometry) in layers.items()}
-    return autotune.Plan(chosen(train), inference={k: c.forward
-                                                   for k, c in chosen(evaluate).items()})
+    with autotune.inference():
+      inference = {k: c.forward for k, c in chosen(evaluate).items()}
+    return autotune.Plan(chosen(train), inference=inference)
   plan = autotune.tune(train, jax.device_count(), log=logging.info)
   inference = (_whole_network_checks(model, config, image_shape, train, plan) if train else {})
   twins = {dataclasses.replace(train[key_id][0], batch=0): forward

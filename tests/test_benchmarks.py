@@ -173,3 +173,16 @@ def test_residual_recompute_table():
     ms, fusions, barriers, largest = (_number(cell) for cell in row[1:])
     assert ms > 0 and fusions >= 0 and barriers >= 0
     assert (largest > 0) == (fusions > 0)  # a transpose fusion calls a computation of ops
+
+
+def test_speed_scripts_refuse_a_misspelled_lowering():
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/layer_speed.py', '--configs=cifar10_resnet32_10',
+       '--lowerings=dense,tap'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert "--lowerings: 'tap' not a lowering; each must be 'dense', 'shifts'" in result.stderr
+  for script in ('network_speed.py', 'network_profile.py'):
+    result = subprocess.run([sys.executable, f'benchmarks/{script}', '--lowering=taps2'], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, script
+    assert "--lowering='taps2' must be 'auto' or 'dense', 'shifts'" in result.stderr, script

@@ -176,12 +176,35 @@ def test_taps_and_shifts_run_only_the_kept_positions():
 @pytest.mark.parametrize('implementation,match', [
     ('grouped3', r"lowering 'grouped3': 3 physical groups must divide g=4"),
     ('convolve', r"lowering 'convolve' must be 'dense', 'shifts', 'split', or"),
+    ('taps2', r"lowering 'taps2' must be .*'taps', and <mix>"),
+    ('grouped0+matmul', r"lowering 'grouped0\+matmul' must be .*G >= 1 dividing"),
     (('dense', 'taps'), r'a \(forward, input_grad, weight_grad\) triple')])
 def test_bad_lowering_names_the_field(implementation, match):
   with pytest.raises(ValueError, match=match) as error:
     SSCConv(8, 3, g=4, p=2, implementation=implementation, name='c').init(
         jax.random.key(0), jnp.ones((1, 4, 4, 8)))
   assert "SSCConv 'c': implementation=" in str(error.value)
+
+
+def test_names_that_no_layer_runs_are_not_lowerings():
+  """`is_name` (which config.lowering is checked by) refuses what `check` refuses on any
+  layer: a group count on 'taps', zero groups."""
+  for name in ('dense', 'split', 'taps', 'taps+matmul', 'grouped4', 'sliced2+einsum', 'grouped1'):
+    assert lowerings.is_name(name), name
+  for name in ('taps2', 'grouped0', 'sliced0+matmul', 'grouped+conv', 'auto', None):
+    assert not lowerings.is_name(name), name
+  config = config_lib.load_config_module('configs/default.py').get_config()
+  config.lowering = 'taps2'
+  with pytest.raises(ValueError, match=r"config.lowering='taps2' must be 'auto' or "
+                     r"a lowering: 'dense', .*'grouped<G>'"):
+    config_lib.check_config(config)
+
+
+def test_a_group_count_on_a_layer_without_kxk_part_says_so():
+  with pytest.raises(ValueError, match=r"SSCConv 'c': implementation='grouped2': lowering "
+                     r"'grouped2' gives 2 physical groups, but the layer has no KxK part"):
+    SSCConv(8, 1, g=None, p=2, implementation='grouped2', name='c').init(
+        jax.random.key(0), jnp.ones((1, 4, 4, 8)))
 
 
 # --- the autotuner -------------------------------------------------------------
@@ -303,12 +326,20 @@ def test_ms_of_reads_what_best_adds():
     autotune.ms_of(times, 'slice')
 
 
+def test_a_foreign_cache_file_reads_as_empty(tmp_path):
+  for text in ('[1, 2]', '{"format": 0, "entries": {"k": {}}}', 'not json'):
+    (tmp_path / 'cache.json').write_text(text)
+    assert autotune.Cache(tmp_path / 'cache.json').entries == {}
+
+
 def test_layer_key_id_round_trip():
   for key in (autotune.LayerKey('cpu', 'cpu', 1, 64, (32, 32), 32, 64, (3, 3), (2, 2),
                                 ((1, 1), (0, 1)), 4, None, 'cross', 'float32'),
               autotune.LayerKey('gpu', 'NVIDIA H100 80GB HBM3', 8, 16, (7, 9), 512, 2048,
                                 (1, 1), (1, 1), ((0, 0), (0, 0)), None, 25, '010/111/010',
-                                'bfloat16')):
+                                'bfloat16'),
+              autotune.LayerKey('cpu', 'cpu', 1, 2, (8, 8), 8, 8, (3, 3), (1, 1),
+                                ((-1, 2), (0, -1)), 2, 2, 'x', 'float32')):  # crops
     assert autotune.LayerKey.from_id(key.id) == key
   with pytest.raises(ValueError, match='not an SSC layer key id'):
     autotune.LayerKey.from_id('cpu|cpu|x1')
@@ -354,6 +385,21 @@ def test_tune_caches_its_choices_and_choose_follows_plan_cache_rule(tmp_path, mo
   reference = module.clone(implementation='dense').apply(jax.tree.map(jnp.ones_like, variables),
                                                          x + 1.0)
   assert _relative(y, reference) < 1e-5
+
+
+def test_choose_reads_a_forward_only_entry_in_inference_only(tmp_path, monkeypatch):
+  """An entry tuned for the forward pass alone (an eval-only layer's) serves the eval step
+  (`autotune.inference()`), not a train step, whose three passes it did not time."""
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  monkeypatch.setattr(autotune, 'measure', _fake_measure([]))
+  module, variables, x = _layer(batch=8)
+  layers = autotune.layers_of(module.apply, variables, x)
+  (key, layout, geometry), = layers.values()
+  tuned = autotune.tune(layers, passes=('forward',))
+  assert set(tuned.choices.values()) == {('taps+matmul',) * 3}  # the fakes' forward winner
+  assert autotune.choose(layout, geometry, key.batch, key.dtype) == autotune.rule(key, layout)
+  with autotune.inference():
+    assert autotune.choose(layout, geometry, key.batch, key.dtype) == ('taps+matmul',) * 3
 
 
 class _TwoLayers(nn.Module):

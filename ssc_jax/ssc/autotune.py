@@ -16,7 +16,8 @@ kind, device count, batch, input size, channels, kernel, strides, padding,
 g, p, taps and compute dtype (`LayerKey`). `tune` times every candidate of
 `lowerings.candidates` for each pass on one device, at the per-device batch:
 the KxK part and the 1x1 part are timed apart (their costs add) and against
-the whole-layer 'dense'; each pass takes the fastest. Those per-pass picks,
+the whole-layer lowerings ('dense', 'shifts', 'split'); each pass takes the
+fastest. Those per-pass picks,
 each pick in every pass, the best whole-layer lowering and 'dense' are then
 timed as a train step runs the layer (`compositions`), and the fastest is
 the choice. `tune_model` finds the
@@ -58,7 +59,8 @@ _FORMAT = 1
 _KEY_ID = re.compile(
     r'^(?P<platform>[^|]+)\|(?P<device_kind>[^|]+)\|x(?P<devices>\d+)\|b(?P<batch>\d+)\|'
     r'(?P<h>\d+)x(?P<w>\d+)\|(?P<m>\d+)->(?P<n>\d+)\|k(?P<kh>\d+)x(?P<kw>\d+)\|'
-    r's(?P<sh>\d+)x(?P<sw>\d+)\|pad\(\((?P<p0>\d+), (?P<p1>\d+)\), \((?P<p2>\d+), (?P<p3>\d+)\)\)\|'
+    r's(?P<sh>\d+)x(?P<sw>\d+)\|'
+    r'pad\(\((?P<p0>-?\d+), (?P<p1>-?\d+)\), \((?P<p2>-?\d+), (?P<p3>-?\d+)\)\)\|'
     r'g(?P<g>\d+|None)\|p(?P<p>\d+|None)\|(?P<taps>[^|]+)\|(?P<dtype>[^|]+)$')
 
 
@@ -177,6 +179,9 @@ def recording() -> Iterator[Dict[str, Tuple[LayerKey, Layout, Geometry]]]:
 def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice:
   """The lowering of each pass for one layer: plan, else cache file, else rule.
 
+  Inside `inference()` a cache entry that timed the forward pass alone
+  (an eval-only layer's) serves; elsewhere an entry must have timed all three.
+
   A layer that an installed plan of choices does not know (a resume on
   another card, device count or dtype) is logged as a warning.
   """
@@ -197,7 +202,7 @@ def choose(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> Choice
     _WARNED.add(key.id)
     logging.warning('The lowering plan does not know the SSC layer %s: using the cache file '
                     'or the cost rule.', key.id)
-  cached = Cache.default().get(key.id)
+  cached = Cache.default().get(key.id, ('forward',) if _INFERENCE else PASSES)
   return cached if cached is not None else rule(key, layout)
 
 
@@ -209,7 +214,8 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
   prices it against them). There, one plain convolution per group of
   channels ('sliced', at a coarser slicing of at least `SLICE_CHANNELS`
   channels from g = 16 on) wins most layers in every pass; strided layers
-  run their forward and input gradient as shifted matmuls ('shifts'); a
+  with g > 1 run their forward and input gradient as shifted matmuls
+  ('shifts'); a
   KxK part with one group ('g = 1') with positions left out runs them as
   matmuls over the kept positions ('taps') from 64 channels on, as dilated
   rectangles ('split') below; 32-channel layers with two groups gain nothing
@@ -263,7 +269,11 @@ class Cache:
       data = json.loads(self.path.read_text())
     except (OSError, ValueError):
       return {}
-    return data.get('entries', {}) if data.get('format') == _FORMAT else {}
+    if not isinstance(data, dict) or data.get('format') != _FORMAT:
+      logging.warning('%s is not an autotune cache file of format %d: ignored, and replaced '
+                      'at the next write.', self.path, _FORMAT)
+      return {}
+    return data.get('entries', {})
 
   @property
   def entries(self) -> Dict[str, Any]:

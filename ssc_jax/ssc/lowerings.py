@@ -280,24 +280,37 @@ def _split(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Arr
 WHOLE = {'dense': _dense, 'shifts': _shifts, 'split': _split}
 
 
+NAMES = ("'dense', 'shifts', 'split', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>', "
+         "'sliced', 'sliced<G>' (G >= 1 dividing the layer's g) or 'taps', and <mix> 'einsum' "
+         "or 'matmul' (e.g. 'grouped4+matmul'; '+einsum' may be left out)")
+
+
+def _parsed(name) -> Optional[re.Match]:
+  """The match of a '<kxk>+<mix>' name, or None where `name` is not one ('taps' takes no G)."""
+  match = _NAME.match(name) if isinstance(name, str) else None
+  if match is None or (match.group(2) and (match.group(1) == 'taps' or int(match.group(2)) < 1)):
+    return None
+  return match
+
+
 def is_name(name: str) -> bool:
   """Whether `name` is written as a lowering (a layer may still be unable to run it)."""
-  return isinstance(name, str) and (name in WHOLE or bool(_NAME.match(name)))
+  return isinstance(name, str) and (name in WHOLE or _parsed(name) is not None)
 
 
 def check(name: str, layout: Layout, owner: str = 'SSC layer') -> None:
   """Raises ValueError unless `name` is a lowering this layer can run."""
   if name in WHOLE:
     return
-  match = _NAME.match(name)
-  allowed = ("'dense', 'shifts', 'split', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>', "
-             "'sliced', 'sliced<G>' (G dividing g) or 'taps' and <mix> 'einsum' or 'matmul' "
-             "(e.g. 'grouped4+matmul')")
-  if not match or (match.group(1) == 'taps' and match.group(2)):
-    raise ValueError(f'{owner}: lowering {name!r} must be {allowed}')
+  match = _parsed(name)
+  if match is None:
+    raise ValueError(f'{owner}: lowering {name!r} must be {NAMES}')
   groups = match.group(2)
   g = layout.structure.g
-  if groups and (g is None or int(groups) < 1 or g % int(groups)):
+  if groups and g is None:
+    raise ValueError(f'{owner}: lowering {name!r} gives {groups} physical groups, but the layer '
+                     'has no KxK part (g=None): drop the number')
+  if groups and g % int(groups):
     raise ValueError(f'{owner}: lowering {name!r}: {groups} physical groups must divide '
                      f'g={g}')
 
