@@ -76,7 +76,8 @@ def prepare(name: str, args, lowering: str) -> Steps:
   tuning_s = time.perf_counter() - start
   mesh = sharding.create_mesh()
   tx = optim.create_optimizer(config, steps_per_epoch=100)
-  state = train.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
+  with autotune.installed(tuning.init_plan(plan)):  # the init program of a training run
+    state = train.create_train_state(model, tx, image_shape, jax.random.key(0), mesh)
   train_step, eval_step = train.jit_steps(config, model, tx, mesh)
   rng = np.random.default_rng(0)
 

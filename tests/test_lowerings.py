@@ -446,11 +446,14 @@ def test_the_cost_rule_follows_the_cpu_measurements():
 
 
 def test_the_rule_names_valid_lowerings():
-  for case in CASES:
+  """Each name the rule gives is one the tuner times for that layer (so measurements can
+  price it: benchmarks/cost_rule.py), on every case and on a strided 1x1 layer with groups."""
+  for case in CASES + [(48, 48, 1, 2, 4, 2, 'full')]:
     module, variables, x = _layer(case)
     for key, layout, _ in autotune.layers_of(module.apply, variables, x).values():
       for name in autotune.rule(key, layout):
         lowerings.check(name, layout)
+        assert name in lowerings.candidates(layout), (case, name)
 
 
 def _digits(**overrides):

@@ -213,8 +213,8 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
   on a 2-core CPU (2026-11-27-cpu-2core.md; `benchmarks/cost_rule.py`
   prices it against them). There, one plain convolution per group of
   channels ('sliced', at a coarser slicing of at least `SLICE_CHANNELS`
-  channels from g = 16 on) wins most layers in every pass; strided layers
-  with g > 1 run their forward and input gradient as shifted matmuls
+  channels from g = 16 on) wins most layers in every pass; strided KxK
+  layers with g > 1 run their forward and input gradient as shifted matmuls
   ('shifts'); a
   KxK part with one group ('g = 1') with positions left out runs them as
   matmuls over the kept positions ('taps') from 64 channels on, as dilated
@@ -234,7 +234,8 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
   if s.g == 1:
     return lowerings.as_choice('taps' if width >= 64 else 'split')
   sliced = lowerings.coarse_slicing(layout) if s.g >= 16 else 'sliced'
-  return Choice('shifts', 'shifts', sliced) if max(key.strides) > 1 else lowerings.as_choice(sliced)
+  strided = max(key.strides) > 1 and s.kernel_size != (1, 1)  # 1x1: no 'shifts' to time
+  return Choice('shifts', 'shifts', sliced) if strided else lowerings.as_choice(sliced)
 
 
 # --- the cache file -----------------------------------------------------------
