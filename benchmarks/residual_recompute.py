@@ -26,6 +26,7 @@ import platform
 import re
 import statistics
 import time
+from typing import List
 
 import jax
 import jax.numpy as jnp
@@ -56,12 +57,12 @@ def loss(weights, x, one, mode):
   return jnp.sum(x ** 2)
 
 
-def largest_transpose_fusion(hlo: str) -> int:
-  """HLO ops in the largest fused computation that a transpose fusion calls (0: none)."""
+def transpose_fusion_sizes(hlo: str) -> List[int]:
+  """The HLO ops of the fused computation that each transpose fusion calls."""
   sizes = {m.group(1): m.group(2).count('\n') + 1
            for m in re.finditer(r'\n%([\w.\-]+) \([^\n]*\{\n(.*?)\n\}', hlo, re.S)}
   called = re.findall(r'%transpose[\w.\-]*fusion[\w.\-]* = [^\n]*?calls=%([\w.\-]+)', hlo)
-  return max((sizes.get(name, 0) for name in called), default=0)
+  return [sizes.get(name, 0) for name in called]
 
 
 def median_ms(fn, args, repeats: int) -> float:
@@ -98,9 +99,9 @@ def main():
     grad = jax.jit(jax.grad(lambda w, x, one, mode=mode: loss(w, x, one, mode)))
     compiled = grad.lower(weights, x, one).compile()
     hlo = compiled.as_text()
-    fusions = len(re.findall(r'%transpose[\w.\-]*fusion[\w.\-]* = ', hlo))
-    print(f'| {mode} | {median_ms(compiled, (weights, x, one), args.repeats):.1f} | {fusions} | '
-          f'{hlo.count("opt-barrier(")} | {largest_transpose_fusion(hlo)} |')
+    sizes = transpose_fusion_sizes(hlo)
+    print(f'| {mode} | {median_ms(compiled, (weights, x, one), args.repeats):.1f} | {len(sizes)} | '
+          f'{hlo.count("opt-barrier(")} | {max(sizes, default=0)} |')
 
 
 if __name__ == '__main__':
