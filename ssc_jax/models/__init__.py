@@ -89,21 +89,26 @@ def resolve_settings(model_config) -> Settings:
   return settings
 
 
-def create_model(model_config, num_classes: int) -> nn.Module:
-  """The network of ``model_config`` with `num_classes` outputs.
-
-  Call it as ``model.apply(variables, x, train=..., mutable=['batch_stats'])``
-  on (B, H, W, C) float images; it returns float32 logits.
-  """
+def network_arguments(model_config, num_classes: int) -> Dict[str, Any]:
+  """The arguments every network of ``model_config`` takes, validated: classes, dtype,
+  pattern, initialisation and the per-filter-count settings."""
   if model_config.dtype not in _DTYPES:
     raise errors.ConfigError(f'config.model.dtype={model_config.dtype!r} must be one of '
                      f'{tuple(_DTYPES)}')
   if model_config.init not in INITS:
     raise errors.ConfigError(f'config.model.init={model_config.init!r} must be one of {INITS}')
   taps = ssc.structure.normalize_taps(model_config.taps, (3, 3), 'config.model.taps')
-  common: Dict[str, Any] = dict(
-      num_classes=num_classes, dtype=_DTYPES[model_config.dtype], taps=taps,
-      initialization=model_config.init, **resolve_settings(model_config))
+  return dict(num_classes=num_classes, dtype=_DTYPES[model_config.dtype], taps=taps,
+              initialization=model_config.init, **resolve_settings(model_config))
+
+
+def create_model(model_config, num_classes: int) -> nn.Module:
+  """The network of ``model_config`` with `num_classes` outputs.
+
+  Call it as ``model.apply(variables, x, train=..., mutable=['batch_stats'])``
+  on (B, H, W, C) float images; it returns float32 logits.
+  """
+  common = network_arguments(model_config, num_classes)
   name = model_config.name
   if name == 'vgg19':
     return VGG(blocks=vgg.VGG19_BLOCKS, **common)
@@ -115,4 +120,4 @@ def create_model(model_config, num_classes: int) -> nn.Module:
 
 
 __all__ = ['NETWORKS', 'ResNet32', 'ResNet50', 'VGG', 'create_model',
-           'filter_counts', 'resolve_settings']
+           'filter_counts', 'network_arguments', 'resolve_settings']

@@ -35,8 +35,8 @@ P_1X1 = 'p_1x1'
 INITS = ('he', 'grasp')
 _G_FIELD = {G_P: 'config.model.g'}
 _P_FIELD = {G_P: 'config.model.p', P_1X1: 'config.model.p_1x1'}
-_CONV_INIT = {'he': ssc.he_normal, 'grasp': ssc.kaiming_normal_fan_out}
-_DENSE_INIT = {'he': nn.initializers.lecun_normal, 'grasp': lambda: nn.initializers.normal(0.01)}
+CONV_INITS = {'he': ssc.he_normal, 'grasp': ssc.kaiming_normal_fan_out}
+DENSE_INITS = {'he': nn.initializers.lecun_normal, 'grasp': lambda: nn.initializers.normal(0.01)}
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -51,16 +51,11 @@ class NetworkConv(ssc.SSCConv):
   setting: Optional[str] = None
 
 
-def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
-         g: Optional[int], p: Optional[int], setting: Optional[str], dtype: Any,
-         init: str, name: str, strides: int = 1, padding: Any = 'SAME',
-         taps: Any = 'full') -> jnp.ndarray:
-  """Applies a bias-free `NetworkConv` named `name` in `parent`, initialised by `init`.
-
-  A (g, p) that the layer cannot take raises a ValueError naming the config
-  field it came from and the layer (path, M, N).
-  """
-  in_features = x.shape[-1]
+def check_setting(path: str, in_features: int, features: int, kernel_size: int,
+                  g: Optional[int], p: Optional[int], setting: Optional[str],
+                  taps: Any = 'full') -> None:
+  """Raises a ConfigError, naming the config field that set (g, p) and the layer at
+  `path` (M, N), where the layer cannot take them."""
   try:
     ssc.ssc_structure(in_features, features, kernel_size, g, p, taps)
   except ValueError as error:
@@ -68,15 +63,26 @@ def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
     field = _G_FIELD.get(setting) if not g_ok else _P_FIELD.get(setting)
     if field is None and setting is not None:
       field = f'{_G_FIELD[setting]} / {_P_FIELD[setting]}'
-    path = '/'.join(parent.path + (name,))
     where = f'{field} entry for {features} filters' if field else 'a dense layer'
     raise errors.ConfigError(
         f'{where}: (g={g}, p={p}) cannot be used by layer {path!r} '
         f'(M={in_features} input, N={features} output channels, K={kernel_size}): '
         f'{error}') from None
+
+
+def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
+         g: Optional[int], p: Optional[int], setting: Optional[str], dtype: Any,
+         init: str, name: str, strides: int = 1, padding: Any = 'SAME',
+         taps: Any = 'full') -> jnp.ndarray:
+  """Applies a bias-free `NetworkConv` named `name` in `parent`, initialised by `init`.
+
+  A (g, p) that the layer cannot take raises a ConfigError (`check_setting`).
+  """
+  check_setting('/'.join(parent.path + (name,)), x.shape[-1], features, kernel_size, g, p,
+                setting, taps)
   return NetworkConv(
       features, kernel_size, strides=strides, padding=padding, g=g, p=p, taps=taps,
-      use_bias=False, dtype=dtype, kernel_init=_CONV_INIT[init](),
+      use_bias=False, dtype=dtype, kernel_init=CONV_INITS[init](),
       setting=setting, name=name)(x)
 
 
@@ -92,5 +98,5 @@ def batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> 
 def classifier(x: jnp.ndarray, num_classes: int, dtype: Any, init: str) -> jnp.ndarray:
   """Global average pooling, then one Dense layer initialised by `init`; float32 logits."""
   x = jnp.mean(x, axis=(-3, -2))
-  return nn.Dense(num_classes, dtype=dtype, kernel_init=_DENSE_INIT[init](),
+  return nn.Dense(num_classes, dtype=dtype, kernel_init=DENSE_INITS[init](),
                   bias_init=nn.initializers.zeros_init(), name='dense')(x).astype(jnp.float32)

@@ -9,11 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssc_jax.ssc import autotune
+from ssc_jax.ssc import apply
 from ssc_jax.ssc import geometry as geometry_lib
 from ssc_jax.ssc import initializers
 from ssc_jax.ssc import layout as layout_lib
-from ssc_jax.ssc import lowerings
 from ssc_jax.ssc.structure import SSCStructure, ssc_structure
 
 Array = jax.Array
@@ -86,10 +85,9 @@ class SSCConv(nn.Module):
     if x.ndim < 3:
       raise ValueError(f'{self._owner}: input of shape {x.shape} must be (..., H, W, C)')
     structure = self.structure(x.shape[-1])
-    geometry = geometry_lib.geometry(x.shape[-3:-1], structure.kernel_size, self.strides,
-                                     self.padding, self._owner)
+    geometry_lib.geometry(x.shape[-3:-1], structure.kernel_size, self.strides, self.padding,
+                          self._owner)  # a kernel that does not fit fails before any init
     layout = layout_lib.layout(structure)
-
     kernel = mix = bias = None
     if layout.kernel is not None:
       kernel = self.param('kernel', lambda key: self.kernel_init(
@@ -99,28 +97,6 @@ class SSCConv(nn.Module):
           key, layout.mix.fans, self.param_dtype))
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-    x, kernel, mix, bias = nn.dtypes.promote_dtype(x, kernel, mix, bias, dtype=self.dtype)
-
-    batch_shape = x.shape[:-3]
-    x = x.reshape((-1,) + x.shape[-3:])
-    lowering = self._lowering(layout, geometry, x)
-    y = lowerings.apply(lowering, x, kernel, mix, layout, geometry, self.precision)
-    if bias is not None:
-      y = y + bias
-    return y.reshape(batch_shape + y.shape[1:])
-
-  def _lowering(self, layout: layout_lib.Layout, geometry: geometry_lib.Geometry,
-                x: Array) -> lowerings.Choice:
-    """The lowering of each pass for this layer, resolving 'auto'."""
-    if self.implementation == 'auto':
-      return autotune.choose(layout, geometry, x.shape[0], x.dtype)
-    if isinstance(self.implementation, str):
-      names = (self.implementation,)
-    elif len(self.implementation) == 3:
-      names = tuple(self.implementation)
-    else:
-      raise ValueError(f"{self._owner}: implementation={self.implementation!r} must be 'auto', "
-                       'a lowering name or a (forward, input_grad, weight_grad) triple of names')
-    for name in names:
-      lowerings.check(name, layout, f'{self._owner}: implementation={self.implementation!r}')
-    return lowerings.as_choice(self.implementation)
+    return apply.conv(x, kernel, mix, bias, structure, strides=self.strides,
+                      padding=self.padding, precision=self.precision,
+                      implementation=self.implementation, dtype=self.dtype, owner=self._owner)
