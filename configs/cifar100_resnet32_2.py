@@ -6,7 +6,7 @@ g = [16, 32, 64], p = [16, 64, 64] on the layers with [32, 64, 128] filters.
 Kept: 2.52% of the conv + Dense weights and 2.89% of the MACs
 (`python -m ssc_jax.budget`), against the stated 2% ticket; with
 --config.model.taps=full (all 9 taps) 3.43% and 4.52%.
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 
 The seed's p = 64 exceeds the 32 input channels of the first convolution of
 stage 2; SSCConv takes p up to max(M, N), so that layer mixes each input c

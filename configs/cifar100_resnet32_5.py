@@ -7,7 +7,7 @@ Kept: 5.48% of the conv + Dense weights and 14.72% of the MACs
 (`python -m ssc_jax.budget`), against the stated 5% ticket; with
 --config.model.taps=full (all 9 taps) 8.49% and 24.97%.
 --config.model.ticket=0.05 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: 67.3%.
 
 Run:

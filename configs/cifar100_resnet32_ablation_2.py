@@ -7,7 +7,7 @@ Kept: 9.84% of the conv + Dense weights and 17.24% of the MACs
 (`python -m ssc_jax.budget`), against the stated 10% ticket; with
 --config.model.taps=full (all 9 taps) 14.56% and 28.23%.
 --config.model.ticket=0.10 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: 69.97%.
 
 Run:

@@ -6,7 +6,7 @@ Kept: 9.61% of the conv + Dense weights and 26.42% of the MACs
 (`python -m ssc_jax.budget`), against the stated 10% ticket; with
 --config.model.taps=full (all 9 taps) 16.38% and 46.22%.
 --config.model.ticket=0.10 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

@@ -6,7 +6,7 @@ Kept: 5.01% of the conv + Dense weights and 21.32% of the MACs
 (`python -m ssc_jax.budget`), against the stated 5% ticket; with
 --config.model.taps=full (all 9 taps) 8.42% and 37.40%.
 --config.model.ticket=0.05 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

@@ -7,7 +7,7 @@ Kept: 1.98% of the conv + Dense weights and 3.18% of the MACs
 (`python -m ssc_jax.budget`), against the stated 2% ticket; with
 --config.model.taps=full (all 9 taps) 2.90% and 4.81%.
 --config.model.ticket=0.02 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: 88.4%.
 
 Run:

@@ -6,7 +6,7 @@ Kept: 10.01% of the conv + Dense weights and 19.75% of the MACs
 (`python -m ssc_jax.budget`), against the stated 10% ticket; with
 --config.model.taps=full (all 9 taps) 13.93% and 32.00%.
 --config.model.ticket=0.10 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

@@ -6,7 +6,7 @@ Kept: 6.04% of the conv + Dense weights and 20.67% of the MACs
 (`python -m ssc_jax.budget`), against the stated 5% ticket; with
 --config.model.taps=full (all 9 taps) 10.21% and 36.08%.
 --config.model.ticket=0.05 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

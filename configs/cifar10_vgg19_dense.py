@@ -1,7 +1,7 @@
 """CIFAR-10, VGG-19, dense baseline (every g = 1).
 
 Kept: 100% of the conv + Dense weights and of the MACs.
-Recipe: the paper's (`config_lib.cifar`; README "Training recipe").
+Recipe: the paper's (`config_lib.cifar`; docs/configs.md, "Training recipe").
 
 Run:
   python -m ssc_jax.main --config=configs/cifar10_vgg19_dense.py --workdir=/tmp/cifar10_vgg19_dense

@@ -8,7 +8,7 @@ Kept: 23.77% of the conv + Dense weights and 35.27% of the MACs
 (`python -m ssc_jax.budget`), against the stated 20% ticket; with
 --config.model.taps=full (all 9 taps) 28.59% and 46.58%.
 --config.model.ticket=0.20 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.imagenet`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

@@ -8,7 +8,7 @@ Kept: 39.68% of the conv + Dense weights and 48.46% of the MACs
 (`python -m ssc_jax.budget`), against the stated 40% ticket; with
 --config.model.taps=full (all 9 taps) 43.98% and 59.62%.
 --config.model.ticket=0.40 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.imagenet`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

@@ -6,7 +6,7 @@ Kept: 9.98% of the conv + Dense weights and 17.91% of the MACs
 (`python -m ssc_jax.budget`), against the stated 10% ticket; with
 --config.model.taps=full (all 9 taps) 15.21% and 30.04%.
 --config.model.ticket=0.10 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.tiny_imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.tiny_imagenet`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

@@ -6,7 +6,7 @@ Kept: 5.43% of the conv + Dense weights and 13.52% of the MACs
 (`python -m ssc_jax.budget`), against the stated 5% ticket; with
 --config.model.taps=full (all 9 taps) 7.87% and 22.81%.
 --config.model.ticket=0.05 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.tiny_imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.tiny_imagenet`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

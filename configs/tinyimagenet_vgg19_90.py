@@ -6,7 +6,7 @@ Kept: 9.84% of the conv + Dense weights and 26.41% of the MACs
 (`python -m ssc_jax.budget`), against the stated 10% ticket; with
 --config.model.taps=full (all 9 taps) 16.59% and 46.22%.
 --config.model.ticket=0.10 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.tiny_imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.tiny_imagenet`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

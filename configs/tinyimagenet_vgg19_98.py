@@ -6,7 +6,7 @@ Kept: 2.58% of the conv + Dense weights and 11.04% of the MACs
 (`python -m ssc_jax.budget`), against the stated 2% ticket; with
 --config.model.taps=full (all 9 taps) 3.96% and 18.98%.
 --config.model.ticket=0.02 trains at exactly the stated fraction with solved (g, p).
-Recipe: the paper's (`config_lib.tiny_imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.tiny_imagenet`; docs/configs.md, "Training recipe").
 Paper test accuracy: not given in the supplementary.
 
 Run:

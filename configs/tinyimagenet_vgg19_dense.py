@@ -1,7 +1,7 @@
 """Tiny-ImageNet, VGG-19, dense baseline (every g = 1).
 
 Kept: 100% of the conv + Dense weights and of the MACs.
-Recipe: the paper's (`config_lib.tiny_imagenet`; README "Training recipe").
+Recipe: the paper's (`config_lib.tiny_imagenet`; docs/configs.md, "Training recipe").
 
 Run:
   python -m ssc_jax.main --config=configs/tinyimagenet_vgg19_dense.py --workdir=/tmp/tinyimagenet_vgg19_dense
