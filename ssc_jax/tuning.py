@@ -50,17 +50,22 @@ def _layers(model, config, image_shape):
   return train, evaluate
 
 
-def _pass_ms(model, variables, x, plan: autotune.Plan, backward: bool) -> float:
-  """Median ms of the model's inference forward pass on `x`, or (backward) of
-  its training forward and backward pass, under `plan`."""
-  def loss(params, x):
-    out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
-    return jnp.sum(out.astype(jnp.float32))
+def _pass_score(model, variables, x, plan: autotune.Plan, backward: bool) -> float:
+  """The scorer's score (`autotune.scorer()`; a Timer's: median ms) of the model's inference
+  forward pass on `x`, or (backward) of its training forward and backward pass, under `plan`."""
+  def forward(params, batch_stats, x, train):
+    return model.apply({'params': params, 'batch_stats': batch_stats}, x, train=train,
+                       mutable=['batch_stats'] if train else False)
 
-  fn = (jax.grad(loss) if backward else
-        lambda params, x: model.apply({**variables, 'params': params}, x, train=False))
-  with autotune.installed(plan):  # traced at the warm-up call
-    return autotune.median_ms(jax.jit(fn), (variables['params'], x), 3, calls=1)
+  def loss(params, batch_stats, x):
+    return jnp.sum(forward(params, batch_stats, x, True)[0].astype(jnp.float32))
+
+  fn = jax.grad(loss) if backward else functools.partial(forward, train=False)
+  args = (variables['params'], variables.get('batch_stats', {}), x)
+  target = autotune.scorer()
+  with autotune.installed(plan):  # traced when compiled
+    compiled = target.compile(fn, *args)
+  return target.score(compiled, *args, calls=1)
 
 
 def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Plan
@@ -71,7 +76,8 @@ def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Pla
   Layers timed alone can rank lowerings otherwise than the network does (its
   fusions, caches and launches; on CPU, 'split' forward passes beat every
   per-layer winner in ResNet-32's inference), and 'dense' everywhere costs
-  what the dense network costs. Timed on one device at the per-device batch:
+  what the dense network costs. Scored by `autotune.scorer()` (timed, or the TPU
+  compiler's estimate) on one device at the per-device batch:
   the inference forward pass, with the tuned forward choices against
   `UNIFORM_FORWARD` on every layer; then the training forward and backward
   pass, with the tuned choices against 'dense' everywhere and, where the
@@ -83,23 +89,26 @@ def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Pla
   """
   tuned = {key_id: plan.choices[key_id] for key_id in layers}
   cache = autotune.Cache.default()
+  per_device_id = {key_id: key.per_device_id for key_id, (key, _, _) in layers.items()}
   checked = [repr(sorted(config.model.to_dict().items())), list(image_shape),
-             {k: list(c) for k, c in sorted(tuned.items())}]
+             {per_device_id[k]: list(c) for k, c in sorted(tuned.items())}]
   verdict_id = 'network|' + hashlib.sha256(json.dumps(checked).encode()).hexdigest()[:24]
-  known = cache.entries.get(verdict_id)
+  known = cache.entry(verdict_id)
   if known is not None:  # these layers with these choices were checked before
     logging.info('Whole-network checks of these %d layers read from %s.', len(layers), cache.path)
-    plan.choices.update({k: autotune.Choice(*c) for k, c in known['choices'].items()})
-    return dict(known['inference'])
-  per_device = max(1, config.batch_size // jax.device_count())
+    plan.choices.update({k: autotune.Choice(*known['choices'][per_device_id[k]])
+                         for k in layers})
+    return {k: known['inference'][per_device_id[k]] for k in layers}
+  target = autotune.scorer()
+  per_device = max(1, config.batch_size // target.device_count)
 
   def at_batch(choices):
     return autotune.Plan({dataclasses.replace(key, batch=per_device).id: choices[key_id]
                           for key_id, (key, _, _) in layers.items()})
 
   with autotune.installed(autotune.Plan(force='dense')):
-    variables = jax.jit(functools.partial(_init, model, image_shape))()
-  x = jax.random.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
+    variables = target.materialize(functools.partial(_init, model, image_shape))
+  x = target.normal(jax.random.key(1), (per_device,) + tuple(image_shape))
 
   def fastest(backward, current, options):
     """`current` or the fastest of `options` ({name: choices}) where it gains `MARGIN`."""
@@ -108,13 +117,15 @@ def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Pla
                if any(o[k][passes] != current[k][passes] for k in layers)}
     if not options:
       return current
-    current_ms = _pass_ms(model, variables, x, at_batch(current), backward)
-    times = {n: _pass_ms(model, variables, x, at_batch(o), backward) for n, o in options.items()}
-    best = min(times, key=times.get)
-    faster = times[best] < MARGIN * current_ms
-    logging.info('%s at batch %d: %.1f ms as chosen, %s: %s.',
+    current_score = _pass_score(model, variables, x, at_batch(current), backward)
+    scores = {n: _pass_score(model, variables, x, at_batch(o), backward)
+              for n, o in options.items()}
+    best = min(scores, key=scores.get)
+    faster = scores[best] < MARGIN * current_score
+    logging.info('%s at batch %d: %.1f %s as chosen, %s: %s.',
                  'Forward and backward' if backward else 'Inference forward', per_device,
-                 current_ms, ', '.join(f'{ms:.1f} ms {n}' for n, ms in times.items()),
+                 current_score, target.unit,
+                 ', '.join(f'{score:.1f} {n}' for n, score in scores.items()),
                  best if faster else 'kept')
     return options[best] if faster else current
 
@@ -124,10 +135,10 @@ def _whole_network_checks(model, config, image_shape, layers, plan: autotune.Pla
              'inference forward passes': {k: c._replace(forward=inference[k].forward)
                                           for k, c in tuned.items()}}
   plan.choices.update(fastest(True, tuned, options))
-  verdict = {'choices': {k: list(plan.choices[k]) for k in layers},
-             'inference': {k: c.forward for k, c in inference.items()}}
-  cache.put({verdict_id: verdict})
-  return dict(verdict['inference'])
+  cache.put({verdict_id: {
+      'choices': {per_device_id[k]: list(plan.choices[k]) for k in layers},
+      'inference': {per_device_id[k]: c.forward for k, c in inference.items()}}})
+  return {k: c.forward for k, c in inference.items()}
 
 
 def decide_plan(model, config, image_shape) -> autotune.Plan:
@@ -148,7 +159,8 @@ def decide_plan(model, config, image_shape) -> autotune.Plan:
     with autotune.inference():
       inference = {k: c.forward for k, c in chosen(evaluate).items()}
     return autotune.Plan(chosen(train), inference=inference)
-  plan = autotune.tune(train, jax.device_count(), log=logging.info)
+  devices = autotune.scorer().device_count
+  plan = autotune.tune(train, devices, log=logging.info)
   inference = (_whole_network_checks(model, config, image_shape, train, plan) if train else {})
   twins = {dataclasses.replace(train[key_id][0], batch=0): forward
            for key_id, forward in inference.items()}
@@ -159,7 +171,7 @@ def decide_plan(model, config, image_shape) -> autotune.Plan:
       alone[key_id] = value
     else:
       plan.inference[key_id] = twin
-  tuned = autotune.tune(alone, jax.device_count(), passes=('forward',), log=logging.info)
+  tuned = autotune.tune(alone, devices, passes=('forward',), log=logging.info)
   plan.inference.update({key_id: choice.forward for key_id, choice in tuned.choices.items()})
   return plan
 

@@ -89,7 +89,10 @@ def test_every_lowering_matches_the_dense_reference(case):
   reference = _reference(x, kernel, pads, case[3], target)
   names = lowerings.candidates(layout_lib.layout(structure))
   assert 'dense' in names and ('shifts' in names) == (structure.kernel_size != (1, 1))
-  extra = {'shifts'}  # a 1x1 layer is not tuned on 'shifts', but runs it
+  extra = {'shifts', 'plain', 'rects+dconv'}  # and the export's lowerings
+  if structure.g:  # every coarser slicing, down to one slice; every grouping of 'rects'
+    extra |= {f'rects{d}+pconv' for d in range(1, structure.g) if structure.g % d == 0}
+  extra |= set(lowerings.candidates(layout_lib.layout(structure), 'tpu'))
   if structure.g:  # every coarser slicing, down to one slice
     extra |= {f'sliced{d}' for d in range(1, structure.g) if structure.g % d == 0}
   for name in sorted(set(names) | extra):
@@ -175,7 +178,7 @@ def test_taps_and_shifts_run_only_the_kept_positions():
 
 @pytest.mark.parametrize('implementation,match', [
     ('grouped3', r"lowering 'grouped3': 3 physical groups must divide g=4"),
-    ('convolve', r"lowering 'convolve' must be 'dense', 'shifts', 'split', or"),
+    ('convolve', r"lowering 'convolve' must be 'dense', 'shifts', 'split', 'plain', or"),
     ('taps2', r"lowering 'taps2' must be .*'taps', and <mix>"),
     ('grouped0+matmul', r"lowering 'grouped0\+matmul' must be .*G >= 1 dividing"),
     (('dense', 'taps'), r'a \(forward, input_grad, weight_grad\) triple')])
@@ -494,7 +497,7 @@ def test_whole_network_checks_choose_inference_and_training_lowerings(tmp_path, 
     assert model.apply(variables, x, train=False).shape == (x.shape[0], 10)  # they fit
     return 1.0 if timed[-1][0] == winners[backward] else 2.0
 
-  monkeypatch.setattr(tuning, '_pass_ms', pass_ms)
+  monkeypatch.setattr(tuning, '_pass_score', pass_ms)
   config = _digits(autotune=True, batch_size=8, eval_batch_size=16)
   model = models.create_model(config.model, 10)
   plan = tuning.decide_plan(model, config, (8, 8, 1))
@@ -556,7 +559,7 @@ def test_a_resumed_run_compiles_the_plan_of_the_run_it_resumes(tmp_path, monkeyp
   monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
   calls = []
   monkeypatch.setattr(autotune, 'measure', _fake_measure(calls))
-  monkeypatch.setattr(tuning, '_pass_ms', lambda *args: 2.0 if args[3].force else 1.0)
+  monkeypatch.setattr(tuning, '_pass_score', lambda *args: 2.0 if args[3].force else 1.0)
   straight = train.train_and_evaluate(_digits(autotune=True, num_train_steps=6),
                                       str(tmp_path / 'straight'))
   plan = json.loads((tmp_path / 'straight' / tuning.PLAN_FILE).read_text())
@@ -572,3 +575,14 @@ def test_a_resumed_run_compiles_the_plan_of_the_run_it_resumes(tmp_path, monkeyp
   assert json.loads((tmp_path / 'resumed' / tuning.PLAN_FILE).read_text()) == plan
   assert resumed['test_loss'] == straight['test_loss']
   assert resumed['test_accuracy'] == straight['test_accuracy']
+
+
+@pytest.mark.parametrize('m,n,g,expected', [
+    (512, 512, 16, 'grouped4'), (256, 256, 4, 'grouped2'), (512, 256, 8, 'grouped2'),
+    (128, 128, 15, None), (256, 256, 2, None), (64, 64, 4, None), (512, 512, 1, None)])
+def test_lane_packing_fills_128_channel_blocks(m, n, g, expected):
+  layout = layout_lib.layout(structure.ssc_structure(m, n, 3, g, 2, "cross"))
+  assert lowerings.lane_packing(layout) == expected
+  tpu, cpu = lowerings.candidates(layout, 'tpu'), lowerings.candidates(layout)
+  assert set(tpu) - set(cpu) <= {expected, f'{expected}+matmul'}
+  assert expected is None or {expected, f'{expected}+matmul'} <= set(tpu)

@@ -104,12 +104,19 @@ class LayerKey:
                (pair('p0', 'p1'), pair('p2', 'p3')), optional(f['g']), optional(f['p']),
                f['taps'], f['dtype'])
 
+  @property
+  def per_device_id(self) -> str:
+    """`id` with the device count and global batch replaced by the batch per device: the
+    layer's work on one device, which is what `measure` times."""
+    return self.id.replace(f'|x{self.devices}|b{self.batch}|',
+                           f'|b{self.batch // max(1, self.devices)}/device|', 1)
+
 
 def layer_key(layout: Layout, geometry: Geometry, batch: int, dtype: Any) -> LayerKey:
-  """The key of one layer on the default backend."""
+  """The key of one layer on the devices of the current `scorer()`."""
   s = layout.structure
-  device = jax.devices()[0]
-  return LayerKey(device.platform, device.device_kind, jax.device_count(), int(batch),
+  target = scorer()
+  return LayerKey(target.platform, target.device_kind, target.device_count, int(batch),
                   geometry.input_size, s.in_features, s.features, s.kernel_size,
                   geometry.strides, geometry.pads, s.g, s.p, taps_label(s.taps),
                   jnp.dtype(dtype).name)
@@ -240,29 +247,48 @@ def rule(key: LayerKey, layout: Layout) -> Choice:
 
 # --- the cache file -----------------------------------------------------------
 
-class Cache:
-  """Measured choices on disk: {key id: {'choice': [...], 'passes': [...], 'ms': {...}}}.
+SHIPPED = pathlib.Path(__file__).resolve().parent / 'tuned'  # cache files that ship with ssc_jax
 
-  It also keeps the verdicts of `ssc_jax.tuning`'s whole-network checks,
-  under ids that start with 'network|'.
+
+def _per_device_id(key_id: str) -> Optional[str]:
+  """The `LayerKey.per_device_id` of a layer key id; None for other ids."""
+  try:
+    return LayerKey.from_id(key_id).per_device_id
+  except ValueError:
+    return None
+
+
+class Cache:
+  """Measured choices on disk: {key id: {'choice': [...], 'passes': [...], <unit>: {...}}}.
+
+  <unit> is the scorer's: 'ms' where timed, 'est_cycles' where the TPU
+  compiler's estimate ranked the candidates. The cache also keeps the
+  verdicts of `ssc_jax.tuning`'s whole-network checks, under ids that start
+  with 'network|'.
 
   'passes' are the passes that were timed (an eval-only layer: the forward
-  pass); an entry serves only requests for passes it timed. Writes take a
-  lock, merge with what another process wrote meanwhile and replace the file
-  atomically.
+  pass); an entry serves only requests for passes it timed. A layer that has
+  no entry of its own takes the entry of the same layer on the same device
+  kind at the same batch per device (`LayerKey.per_device_id`), and then the
+  entries of the cache files shipped in `SHIPPED` (`default()`'s fallbacks).
+  Writes take a lock, merge with what another process wrote meanwhile and
+  replace the file atomically; shipped files are only read.
   """
   _default: Optional['Cache'] = None
 
-  def __init__(self, path: os.PathLike):
+  def __init__(self, path: os.PathLike, fallbacks: Tuple['Cache', ...] = ()):
     self.path = pathlib.Path(path)
+    self.fallbacks = fallbacks
     self._entries: Optional[Dict[str, Any]] = None
+    self._index: Tuple[int, Dict[str, Any]] = (0, {})
 
   @classmethod
   def default(cls) -> 'Cache':
+    """The user's cache file (`$SSC_JAX_AUTOTUNE_CACHE`), over the shipped ones."""
     path = pathlib.Path(os.environ.get(CACHE_ENV) or
                         pathlib.Path.home() / '.cache' / 'ssc_jax' / 'autotune.json')
     if cls._default is None or cls._default.path != path:
-      cls._default = cls(path)
+      cls._default = cls(path, tuple(cls(p) for p in sorted(SHIPPED.glob('*.json'))))
     return cls._default
 
   def _read(self) -> Dict[str, Any]:
@@ -282,9 +308,31 @@ class Cache:
       self._entries = self._read()
     return self._entries
 
+  def _per_device(self) -> Dict[str, Any]:
+    """{per-device id: entry} of this file's layer entries."""
+    entries = self.entries
+    if self._index[0] != id(entries):
+      index = {}
+      for key_id, entry in entries.items():
+        per_device = _per_device_id(key_id)
+        if per_device is not None:
+          index.setdefault(per_device, entry)
+      self._index = (id(entries), index)
+    return self._index[1]
+
+  def entry(self, key_id: str) -> Optional[Dict[str, Any]]:
+    """The entry of `key_id`: its own, else its layer's at the same batch per device, here
+    and then in the fallbacks."""
+    per_device = _per_device_id(key_id)
+    for cache in (self,) + self.fallbacks:
+      found = cache.entries.get(key_id) or (per_device and cache._per_device().get(per_device))
+      if found:
+        return found
+    return None
+
   def get(self, key_id: str, passes: Tuple[str, ...] = PASSES) -> Optional[Choice]:
     """The cached choice of a layer, if its entry timed every pass of `passes`."""
-    entry = self.entries.get(key_id)
+    entry = self.entry(key_id)
     if not entry or not set(passes) <= set(entry.get('passes', PASSES)):
       return None
     return Choice(*entry['choice'])
@@ -309,7 +357,8 @@ def _part_layouts(layout: Layout) -> List[Tuple[str, Layout, List[str]]]:
   parts = []
   if layout.kernel is not None:
     kxk = dataclasses.replace(layout, mix=None)
-    parts.append(('kxk', kxk, [n for n in lowerings.candidates(kxk) if n not in lowerings.WHOLE]))
+    parts.append(('kxk', kxk, [n for n in lowerings.candidates(kxk, scorer().platform)
+                               if n not in lowerings.WHOLE]))
   if layout.mix is not None:
     mix = dataclasses.replace(layout, kernel=None)
     parts.append(('mix', mix, [f'grouped+{m}' for m in lowerings.MIXES]))
@@ -324,7 +373,7 @@ def _known_slow(name: str, which: str, layout: Layout) -> bool:
   convolution's time in benchmarks/results/); timing it would cost seconds.
   """
   groups = lowerings.physical_groups(name, layout)
-  return (which == 'weight_grad' and jax.default_backend() == 'cpu'
+  return (which == 'weight_grad' and scorer().platform == 'cpu'
           and groups is not None and groups > 1)
 
 
@@ -424,11 +473,66 @@ def replicated(fn: Callable) -> Callable:
   return lambda copies: [fn(*args) for args in copies]
 
 
+class Timer:
+  """Scores candidates by timing them on this process's first device (the default scorer).
+
+  A scorer names the devices whose layer keys it fills (platform, device kind,
+  device count), makes a candidate's inputs, compiles it and scores it (lower
+  is better, in `unit`). `ssc_jax.aot.Estimator` scores by the TPU compiler's
+  estimate instead, for a TPU that is not attached.
+  """
+  unit = 'ms'
+
+  def __init__(self):
+    device = jax.devices()[0]
+    self.platform, self.device_kind = device.platform, device.device_kind
+    self.device_count = jax.device_count()
+    self.copies = copies_per_call()
+
+  def inputs(self, layout: Layout, geometry: Geometry, batch: int, dtype: Any, seed: int = 0):
+    """(x, kernel, mix, dy) of a layer, random, on the first device."""
+    return inputs(layout, geometry, batch, dtype, seed)
+
+  def normal(self, key: jax.Array, shape: Tuple[int, ...], dtype: Any = jnp.float32):
+    """A standard normal array of `shape`."""
+    return jax.random.normal(key, shape, dtype)
+
+  def materialize(self, fn: Callable):
+    """fn(), computed (e.g. a model's variables)."""
+    return jax.jit(fn)()
+
+  def compile(self, fn: Callable, *args):
+    return jax.jit(fn).lower(*args).compile()
+
+  def score(self, compiled, *args, repeats: int = 3, calls: int = 3) -> float:
+    """Median ms of one call of `compiled` on `args`, warm-up excluded (`median_ms`)."""
+    return median_ms(compiled, args, repeats, calls)
+
+
+_SCORERS: List[Any] = []
+
+
+@contextlib.contextmanager
+def scoring(target) -> Iterator[Any]:
+  """Makes `target` (a `Timer`-like scorer) key, measure and choose layers inside the context."""
+  _SCORERS.append(target)
+  try:
+    yield target
+  finally:
+    _SCORERS.remove(target)
+
+
+def scorer():
+  """The scorer of the innermost `scoring` context, else a `Timer` of the default device."""
+  return _SCORERS[-1] if _SCORERS else Timer()
+
+
 def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
             passes: Tuple[str, ...] = PASSES, repeats: int = 3,
             workers: Optional[int] = None,
             copies: Optional[int] = None) -> Dict[str, Dict[str, float]]:
-  """Milliseconds of every candidate for each pass: {pass: {name: ms}}.
+  """The score of every candidate for each pass: {pass: {name: score}}, in the current
+  `scorer()`'s unit (a `Timer`: milliseconds).
 
   Each part ('kxk', 'mix') is timed alone under its own names; the results
   hold them as 'kxk:<name>' and 'mix:<name>', and the whole-layer lowerings
@@ -438,19 +542,20 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
   and both gradients in one program, where lowerings timed apart can add up
   otherwise (on CPU, 2026-11-27, per-pass winners summing to 0.78x of
   dense's passes ran at 1.11x of a dense layer together). Each timed call
-  runs `copies` copies (default `copies_per_call()`); the ms are per copy.
+  runs `copies` copies (default: the scorer's); the scores are per copy.
   Compilation runs on `workers` threads; timing runs one job at a time.
   """
-  copies = copies or copies_per_call()
+  target = scorer()
+  copies = copies or target.copies
   jobs, parts = [], _part_layouts(layout)  # one input set per layout, shared by the passes
   for which in passes:
-    jobs += [(which, name, layout) for name in lowerings.candidates(layout)
+    jobs += [(which, name, layout) for name in lowerings.candidates(layout, target.platform)
              if name in lowerings.WHOLE]
     for part, part_layout, names in parts:
       jobs += [(which, f'{part}:{name}', part_layout) for name in names
                if not _known_slow(name, which, part_layout)]
 
-  args = {id(job_layout): [inputs(job_layout, geometry, batch, dtype, seed)
+  args = {id(job_layout): [target.inputs(job_layout, geometry, batch, dtype, seed)
                            for seed in range(copies)]
           for _, _, job_layout in jobs}  # 'dense' is a job of every pass: `layout` is in
 
@@ -461,7 +566,7 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
           lowerings.as_choice(label.split(',')), x, k, m, layout, geometry, None))
     else:
       fn = _pass_fn(label.split(':')[-1], job_layout, geometry, which)
-    return jax.jit(replicated(fn)).lower(args[id(job_layout)]).compile()
+    return target.compile(replicated(fn), args[id(job_layout)])
 
   times: Dict[str, Dict[str, float]] = {which: {} for which in passes}
 
@@ -469,7 +574,8 @@ def measure(layout: Layout, geometry: Geometry, batch: int, dtype: Any,
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
       compiled = list(pool.map(compile_job, jobs))
     for (which, label, job_layout), fn in zip(jobs, compiled):
-      times.setdefault(which, {})[label] = median_ms(fn, (args[id(job_layout)],), repeats) / copies
+      times.setdefault(which, {})[label] = target.score(fn, args[id(job_layout)],
+                                                        repeats=repeats) / copies
 
   run(jobs)
   if tuple(passes) == PASSES:
@@ -540,7 +646,7 @@ def tune(layers: Dict[str, Tuple[LayerKey, Layout, Geometry]], batch_divisor: in
     if times.get('training'):  # the fastest composition (the per-pass picks on ties)
       choice = Choice(*min(times['training'], key=times['training'].get).split(','))
     plan.choices[key_id] = choice
-    cache.put({key_id: {'choice': list(choice), 'passes': list(passes), 'ms': times}})
+    cache.put({key_id: {'choice': list(choice), 'passes': list(passes), scorer().unit: times}})
     log(f'tuned {key_id} in {time.perf_counter() - start:.1f} s: {tuple(choice)}')
   return plan
 

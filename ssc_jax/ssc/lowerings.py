@@ -27,12 +27,23 @@ A lowering is named by how it computes each part of the layer:
   - ``taps``: batched matmuls over the shifted inputs of the kept positions
     only (5 for a 3x3 'cross', not 9), one set per group of outputs that
     share a pattern;
+  - ``rects`` / ``rects<G>``: one grouped convolution (G physical groups,
+    default g) per dilated rectangle of kept positions: only the kept taps,
+    no shifted copies, no scatter at run time where the weights are constants
+    (an export: `_frozen`);
 
   and ``<mix>`` the 1x1 mixing part on the centre tap:
 
   - ``einsum``: the interleaved grouped 1x1 as an einsum over residues;
   - ``matmul``: one matmul with the masked dense (M, N) weight (p times the
-    ideal work, no transposes).
+    ideal work, no transposes);
+  - ``pconv``: a 1x1 convolution with p groups on the channels permuted into
+    residue order (c = a*p + r read as r*A + a), and the outputs permuted back;
+  - ``dconv``: a 1x1 convolution with the masked dense (M, N) weight.
+
+``'plain'`` runs the layer as plain convolutions only, which runtimes outside
+XLA (ONNX Runtime, OpenVINO) run well: ``'rects+pconv'``, the KxK part at
+g groups (`PLAIN_MIN_GROUP` for when a coarser grouping is used instead).
 
 A part the layer does not have is skipped. `apply` runs a lowering, or a
 `Choice` of one lowering per pass (forward, input gradient, weight gradient)
@@ -59,8 +70,8 @@ from ssc_jax.ssc.layout import KernelLayout, Layout, MixLayout
 
 Array = jax.Array
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
-_NAME = re.compile(r'^(grouped|sliced|taps)(\d*)(\+(einsum|matmul))?$')
-MIXES = ('einsum', 'matmul')
+_NAME = re.compile(r'^(grouped|sliced|taps|rects)(\d*)(\+(einsum|matmul|pconv|dconv))?$')
+MIXES = ('einsum', 'matmul')  # the mixes the autotuner times ('pconv', 'dconv': for export)
 
 
 class Choice(NamedTuple):
@@ -170,9 +181,11 @@ def _grouped_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry
 
 
 def _rectangle_conv(x: Array, w: Array, rows: Tuple[int, ...], cols: Tuple[int, ...],
-                    kernel_size: Tuple[int, int], geometry: Geometry, precision) -> Array:
+                    kernel_size: Tuple[int, int], geometry: Geometry, precision,
+                    groups: int = 1) -> Array:
   """The convolution of x with the taps of a KxK kernel at one dilated rectangle
-  of positions (`layout.rectangles`); w is the (len(rows), len(cols), I, O) kernel there.
+  of positions (`layout.rectangles`); w is the (len(rows), len(cols), I/groups, O)
+  kernel there, `groups` its feature groups.
 
   The window moves as the full KxK window does: the padding is shifted by the
   rectangle's offset (negative where it starts inside the padding: a crop).
@@ -183,7 +196,8 @@ def _rectangle_conv(x: Array, w: Array, rows: Tuple[int, ...], cols: Tuple[int, 
     pads.append((lo - taps[0], hi - size + taps[0] + extent))
   return lax.conv_general_dilated(x, w, geometry.strides, pads,
                                   rhs_dilation=(_step(rows), _step(cols)),
-                                  dimension_numbers=_DIMENSIONS, precision=precision)
+                                  dimension_numbers=_DIMENSIONS, precision=precision,
+                                  feature_group_count=groups)
 
 
 def _step(taps: Tuple[int, ...]) -> int:
@@ -247,6 +261,80 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
   return _take_channels(y, kernel_layout.taps_output_index)
 
 
+def _frozen(fn, *weights):
+  """fn(*weights): the derived weights of a lowering, computed at trace time where the
+  stored weights are constants (a model exported with its weights closed over: the
+  exported graph holds the derived kernels, not the gathers that build them), traced
+  with the rest otherwise."""
+  with jax.ensure_compile_time_eval():
+    return fn(*weights)
+
+
+def _gathered_channels(x: Array, index: Optional[np.ndarray]) -> Array:
+  """x[..., index] (None: x), entries past the channel count reading a zero channel
+  appended to x: a plain gather (ONNX Gather), no out-of-bounds handling."""
+  if index is None:
+    return x
+  channels = x.shape[-1]
+  if np.any(index >= channels):
+    x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (1,), x.dtype)], axis=-1)
+    index = np.minimum(index, channels)
+  return jnp.take(x, jnp.asarray(index, np.int32), axis=-1, mode='clip')
+
+
+def _rect_convs(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry: Geometry,
+                precision, groups: int) -> Array:
+  """The KxK part as one grouped convolution (`groups` physical groups) per dilated
+  rectangle of kept positions, summed: only the kept taps, no window copies."""
+  physical = kernel_layout.physical(groups)
+  kernel_size = kernel_layout.structure.kernel_size
+
+  def rectangle_kernels(kernel):
+    w = physical.kernel(kernel)  # (KH, KW, max_in, groups * max_out)
+    return [w[rows[0]:rows[-1] + 1:_step(rows), cols[0]:cols[-1] + 1:_step(cols)]
+            for rows, cols in kernel_layout.rectangles]
+
+  x = _gathered_channels(x, physical.input_index)
+  y = None
+  for (rows, cols), w in zip(kernel_layout.rectangles, _frozen(rectangle_kernels, kernel)):
+    term = _rectangle_conv(x, w, rows, cols, kernel_size, geometry, precision, groups)
+    y = term if y is None else y + term
+  return _gathered_channels(y, physical.output_index)
+
+
+def _residue_order(channels: int, p: int) -> np.ndarray:
+  """(p * ceil(channels / p),): the channel a*p + r at position r*A + a (past the end: padding)."""
+  blocks = -(-channels // p)
+  return (np.arange(blocks)[None, :] * p + np.arange(p)[:, None]).reshape(-1)
+
+
+def _mix_grouped_conv(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
+                      precision) -> Array:
+  """The mix as a 1x1 convolution with p groups, on the channels in residue order."""
+  s = mix_layout.structure
+  p, (blocks_in, blocks_out) = s.p, mix_layout.blocks
+  w = _frozen(lambda mix: jnp.transpose(mix_layout.box(mix), (1, 0, 2)).reshape(
+      1, 1, blocks_in, p * blocks_out), mix)  # [a, r*B + b] = W[r, a, b]
+  x = _gathered_channels(x, _residue_order(s.in_features, p))
+  y = _rectangle_conv(x, w, (s.centre[0],), (s.centre[1],), s.kernel_size, geometry,
+                      precision, p)
+  n = np.arange(s.features)
+  return _gathered_channels(y, (n % p) * blocks_out + n // p)
+
+
+def _mix_dense_conv(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
+                    precision) -> Array:
+  """The mix as a 1x1 convolution with the masked dense (M, N) weight."""
+  s = mix_layout.structure
+  w = _frozen(mix_layout.matrix, mix)[None, None]
+  return _rectangle_conv(x, w, (s.centre[0],), (s.centre[1],), s.kernel_size, geometry,
+                         precision)
+
+
+_MIX_FNS = {'einsum': _mix_einsum, 'matmul': _mix_matmul, 'pconv': _mix_grouped_conv,
+            'dconv': _mix_dense_conv}
+
+
 # --- whole lowerings ------------------------------------------------------------
 
 def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
@@ -277,12 +365,24 @@ def _split(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Arr
   return y
 
 
-WHOLE = {'dense': _dense, 'shifts': _shifts, 'split': _split}
+def plain_name(layout: Layout) -> str:
+  """The '<kxk>+<mix>' lowering that 'plain' runs for this layer: the kept taps as grouped
+  convolutions ('rects') and the mix as a grouped 1x1 convolution ('pconv')."""
+  del layout  # one rule for every layer so far (docs/deploy.md: the measurements)
+  return 'rects+pconv'
 
 
-NAMES = ("'dense', 'shifts', 'split', or '<kxk>+<mix>' with <kxk> 'grouped', 'grouped<G>', "
-         "'sliced', 'sliced<G>' (G >= 1 dividing the layer's g) or 'taps', and <mix> 'einsum' "
-         "or 'matmul' (e.g. 'grouped4+matmul'; '+einsum' may be left out)")
+def _plain(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
+  return run(plain_name(layout), x, kernel, mix, layout, geometry, precision)
+
+
+WHOLE = {'dense': _dense, 'shifts': _shifts, 'split': _split, 'plain': _plain}
+
+
+NAMES = ("'dense', 'shifts', 'split', 'plain', or '<kxk>+<mix>' with <kxk> 'grouped', "
+         "'grouped<G>', 'sliced', 'sliced<G>', 'rects', 'rects<G>' (G >= 1 dividing the "
+         "layer's g) or 'taps', and <mix> 'einsum', 'matmul', 'pconv' or 'dconv' (e.g. "
+         "'grouped4+matmul'; '+einsum' may be left out)")
 
 
 def _parsed(name) -> Optional[re.Match]:
@@ -336,23 +436,38 @@ def run(name: str, x: Array, kernel: Optional[Array], mix: Optional[Array], layo
     kind, groups = match.group(1), int(match.group(2) or layout.structure.g)
     if kind == 'taps':
       parts.append(_tap_matmuls(x, kernel, layout.kernel, geometry, precision))
+    elif kind == 'rects':
+      parts.append(_rect_convs(x, kernel, layout.kernel, geometry, precision, groups))
     elif kind == 'sliced':
       parts.append(_sliced_conv(x, kernel, layout.kernel, geometry, precision, groups))
     else:
       parts.append(_grouped_conv(x, kernel, layout.kernel, geometry, precision, groups))
   if layout.mix is not None:
-    mix_fn = _mix_matmul if match.group(4) == 'matmul' else _mix_einsum
-    parts.append(mix_fn(x, mix, layout.mix, geometry, precision))
+    parts.append(_MIX_FNS[match.group(4) or 'einsum'](x, mix, layout.mix, geometry, precision))
   return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 COARSE_CHANNELS = 32  # a coarser grouped convolution keeps at least this many channels a group
 SLICE_CHANNELS = 16  # a coarser slicing keeps at least this many channels a slice
+LANES = 128  # the width of a TPU matrix unit (v5e: 128x128), and of a vector register's lanes
 
 
 def _coarser(g: int, width: int, channels: int) -> List[int]:
   """The largest divisor G of g below g (above 1) that leaves `channels` channels a group."""
   return [d for d in range(g - 1, 1, -1) if g % d == 0 and width // d >= channels][:1]
+
+
+def lane_packing(layout: Layout) -> Optional[str]:
+  """'grouped<G>' with the groups packed into blocks of at least `LANES` channels (G the
+  largest divisor of g that leaves that many; the logical groups of a block are its
+  block-diagonal kernel), where that is coarser than g and finer than the masked dense
+  kernel; else None. A 512-channel layer with g = 16 runs as 4 blocks of 128 channels."""
+  s = layout.structure
+  if s.g is None or s.g == 1:
+    return None
+  packed = [d for d in range(s.g, 0, -1)
+            if s.g % d == 0 and min(s.in_features, s.features) // d >= LANES][:1]
+  return f'grouped{packed[0]}' if packed and 1 < packed[0] < s.g else None
 
 
 def coarse_slicing(layout: Layout) -> str:
@@ -362,14 +477,15 @@ def coarse_slicing(layout: Layout) -> str:
   return f'sliced{coarser[0]}' if coarser else 'sliced'
 
 
-def candidates(layout: Layout) -> List[str]:
-  """The lowerings of this layer that the autotuner times.
+def candidates(layout: Layout, platform: str = 'cpu') -> List[str]:
+  """The lowerings of this layer that the autotuner scores on `platform`.
 
   The KxK part: the grouped convolution, one coarser grouping (`_coarser`,
-  `COARSE_CHANNELS` a group), the masked dense kernel (G = 1), 'sliced' at
-  g and at one coarser slicing (`SLICE_CHANNELS` a slice), and 'taps'; the
-  mix variants where the layer mixes. 'shifts' only where the kernel has
-  more than one position (at 1x1 it is the masked dense matmul of
+  `COARSE_CHANNELS` a group), on TPU also the groups packed into
+  `LANES`-channel blocks (`lane_packing`), the masked dense kernel (G = 1),
+  'sliced' at g and at one coarser slicing (`SLICE_CHANNELS` a slice), and
+  'taps'; the mix variants where the layer mixes. 'shifts' only where the
+  kernel has more than one position (at 1x1 it is the masked dense matmul of
   'grouped+matmul'), 'split' only where the pattern leaves positions out
   (else it is 'dense').
   """
@@ -378,9 +494,12 @@ def candidates(layout: Layout) -> List[str]:
   if layout.kernel is not None:
     width = min(s.in_features, s.features)
     kxk += [f'grouped{d}' for d in _coarser(s.g, width, COARSE_CHANNELS)]
+    if platform == 'tpu':
+      kxk += [name for name in [lane_packing(layout)] if name]
     if s.g > 1:
-      kxk += list(dict.fromkeys(['grouped1', 'sliced', coarse_slicing(layout)]))
+      kxk += ['grouped1', 'sliced', coarse_slicing(layout)]
     kxk.append('taps')
+  kxk = list(dict.fromkeys(kxk))
   mixes = list(MIXES) if layout.mix is not None else ['einsum']
   names = [k if m == 'einsum' else f'{k}+{m}' for k in kxk for m in mixes]
   whole = ['dense'] + (['shifts'] if s.kernel_size != (1, 1) else [])

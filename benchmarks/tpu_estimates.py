@@ -1,0 +1,117 @@
+"""The TPU compiler's estimates for the seed configs, with no TPU attached (needs the '[tpu]' extra).
+
+    python benchmarks/tpu_estimates.py --topology=v5e:2x2 --dtype=bfloat16 \
+        [--configs=cifar10_resnet32_10,...] [--tune] [--out=FILE]
+
+Without --tune: compiles each config's train and eval steps and its dense
+twin's (`python -m ssc_jax.aot`), and prints a table of summed estimated
+cycles per chip, SSC against dense, with the targets of the TPU issue.
+With --tune: only chooses the lowering plan of each config and of its dense
+twin by the compiler's estimate, into the autotuner's cache file
+($SSC_JAX_AUTOTUNE_CACHE; the committed ones are ssc_jax/ssc/tuned/*.json).
+Every figure is the compiler's estimate, not a measured time.
+"""
+
+import argparse
+import datetime
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ssc_jax import tpu  # pylint: disable=wrong-import-position
+
+tpu.offline_environment()
+
+import jax  # pylint: disable=wrong-import-position
+
+from ssc_jax import aot  # pylint: disable=wrong-import-position
+from ssc_jax import budget  # pylint: disable=wrong-import-position
+from ssc_jax import config_lib  # pylint: disable=wrong-import-position
+from ssc_jax import models  # pylint: disable=wrong-import-position
+from ssc_jax.data import specs  # pylint: disable=wrong-import-position
+
+CONFIG_DIR = ROOT / 'configs'
+# The issue's targets: SSC train step against the dense twin, estimated cycles, v5e 2x2, bf16.
+TARGETS = {'imagenet_r50_40': 0.7, 'imagenet_r50_20': 0.6, 'cifar10_vgg19_10': 0.5,
+           'cifar10_resnet32_10': 0.85}
+SEED = sorted(p.stem for p in CONFIG_DIR.glob('*.py')
+              if p.stem != 'default' and not p.stem.endswith('_dense'))
+
+
+def load(name: str, dtype: str):
+  config = config_lib.load_config_module(CONFIG_DIR / f'{name}.py').get_config()
+  if dtype:
+    config.model.dtype = dtype
+  return config
+
+
+def tune(names, topology: str, dtype: str) -> None:
+  """Chooses (and caches) the plan of each config and its dense twin by the estimate."""
+  devices = tpu.topology_devices(topology)
+  for name in names:
+    for label, config in ((name, load(name, dtype)), (f'{name} dense twin',
+                                                         tpu.dense_twin(load(name, dtype)))):
+      start = time.perf_counter()
+      info = specs.info(config.dataset)
+      model_config = budget.resolve_ticket(config.model, info.num_classes, info.input_shape[-1])
+      plan = tpu.plan_for(config, models.create_model(model_config, info.num_classes),
+                          info.input_shape, devices)
+      print(f'{label}: {len(plan.choices)} layer shapes in {time.perf_counter() - start:.0f} s',
+            flush=True)
+
+
+def table(names, topology: str, dtype: str, out) -> None:
+  """Compiles each config and its dense twin; prints the markdown table of estimates."""
+  lines = [f'# TPU estimates, {datetime.date.today()}: {topology}, jax {jax.__version__}, '
+           f'dtype {dtype or "per config"}; the TPU compiler\'s summed estimated cycles per '
+           'chip, not measured times', '',
+           '| config | batch | train est. cycles | dense twin train | train vs dense | eval '
+           'est. cycles | dense twin eval | eval vs dense | flops vs dense | peak memory | '
+           'target (train) |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+  emit(lines, out)
+  for name in names:
+    result = aot.report(load(name, dtype), topology, name)
+    ratio = result['vs_dense']
+    target = TARGETS.get(name)
+    verdict = ('-' if target is None else
+               f"<= {target}: {'met' if ratio['train']['est_cycles'] <= target else 'not met'}")
+    emit([f"| {name} | {result['batch']} | {result['train']['est_cycles']:,} | "
+          f"{result['dense']['train']['est_cycles']:,} | {ratio['train']['est_cycles']:.2f}x | "
+          f"{result['eval']['est_cycles']:,} | {result['dense']['eval']['est_cycles']:,} | "
+          f"{ratio['eval']['est_cycles']:.2f}x | {ratio['train']['flops']:.2f}x | "
+          f"{result['train']['peak_bytes'] / 2**30:.2f} GiB | {verdict} |"], out)
+
+
+def emit(lines, out) -> None:
+  text = '\n'.join(lines)
+  print(text, flush=True)
+  if out:
+    with open(out, 'a') as f:
+      f.write(text + '\n')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--topology', default='v5e:2x2')
+  parser.add_argument('--configs', default=','.join(TARGETS),
+                      help="comma-separated config names, or 'seed' for every seed config")
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default=None)
+  parser.add_argument('--tune', action='store_true', help='only choose and cache the plans')
+  parser.add_argument('--out', default=None, help='also append the table to this file')
+  args = parser.parse_args()
+  names = SEED if args.configs == 'seed' else args.configs.split(',')
+  unknown = [n for n in names if not (CONFIG_DIR / f'{n}.py').exists()]
+  if unknown:
+    parser.error(f'--configs: no config {", ".join(unknown)} in {CONFIG_DIR}')
+  if args.tune:
+    tune(names, args.topology, args.dtype)
+  else:
+    table(names, args.topology, args.dtype, args.out)
+
+
+if __name__ == '__main__':
+  main()
