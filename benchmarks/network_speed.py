@@ -20,7 +20,6 @@ headed by the machine, card, versions and date.
 import argparse
 import datetime
 import platform
-import re
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -40,13 +39,6 @@ from ssc_jax.ssc import autotune
 from ssc_jax.ssc import lowerings
 
 CONFIG_DIR = budget.CONFIG_DIR
-
-
-def dense_baseline(name: str) -> str:
-  """The `_dense` config a seed config is compared with."""
-  if name.startswith('imagenet_r50'):
-    return 'imagenet_r50_dense'
-  return re.sub(r'_(\d+|ablation_\d+)$', '_dense', name)
 
 
 class Steps(NamedTuple):
@@ -155,7 +147,7 @@ def main():
   emit('\n'.join(lines), args.out)
   dense_results = {}
   for name in args.configs.split(','):
-    baseline = dense_baseline(name)
+    baseline = config_lib.dense_baseline(name)
     if baseline not in dense_results:
       dense_results[baseline] = measure(baseline, args, 'grouped')  # plain convolutions
       d = dense_results[baseline]

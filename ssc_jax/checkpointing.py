@@ -107,7 +107,7 @@ def _get(values: dict, dotted: str, default: Any = _MISSING) -> Any:
   return values
 
 
-def _describe(changes: Sequence[Tuple[str, Any, Any]]) -> str:
+def describe_changes(changes: Sequence[Tuple[str, Any, Any]]) -> str:
   return '; '.join(f'{key}: {old!r} (checkpoint) vs {new!r} (this run)'
                    for key, old, new in changes)
 
@@ -120,7 +120,7 @@ def _array_shapes(tree: Any) -> Dict[str, tuple]:
   return shapes
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
+def first_line(error: BaseException, limit: int = 300) -> str:
   """The first line of the error's root cause (orbax wraps TensorStore's)."""
   while error.__cause__ is not None:
     error = error.__cause__
@@ -210,7 +210,7 @@ class Checkpointer:
           f'{self.directory} holds a checkpoint (step {step}) whose train state has other '
           f'arrays than this run\'s ({len(differing)} differ, e.g. {example}: '
           f'{saved_shapes.get(example)} vs {shapes.get(example)})'
-          + (f'; its config differs in {_describe(changes)}' if changes else '')
+          + (f'; its config differs in {describe_changes(changes)}' if changes else '')
           + '. Use a new --workdir for this config, or the config that wrote it. '
           'Nothing was overwritten.')
     refused = [c for c in changes if not any(
@@ -218,12 +218,12 @@ class Checkpointer:
     if refused:
       raise ChangedConfigError(
           f'{self.directory} holds a checkpoint (step {step}) of another experiment: '
-          f'{_describe(refused)}. Use a new --workdir, or the checkpoint\'s values, or '
+          f'{describe_changes(refused)}. Use a new --workdir, or the checkpoint\'s values, or '
           f'--allow_changes={",".join(key for key, _, _ in refused)} to continue from step '
           f'{step} with this run\'s values. Nothing was overwritten.')
     if changes:
       console.show('Resuming step %d with changes allowed by --allow_changes: %s', step,
-                   _describe(changes))
+                   describe_changes(changes))
 
   def _move_aside(self, step: int, error: BaseException) -> str:
     """Renames checkpoint `step` into UNREADABLE_DIR (process 0); returns where it went."""
@@ -240,7 +240,7 @@ class Checkpointer:
     self._manager.reload()
     logging.info('Checkpoint %d could not be read:', step, exc_info=error)
     logging.warning('Checkpoint step %d cannot be read (%s): moved to %s; trying the '
-                    'previous one.', step, _first_line(error) if error else 'on another process',
+                    'previous one.', step, first_line(error) if error else 'on another process',
                     target)
     return str(target)
 

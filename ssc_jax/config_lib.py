@@ -12,6 +12,7 @@ rejects values out of range.
 import difflib
 import importlib.util
 import os
+import re
 import types
 
 import ml_collections
@@ -227,3 +228,12 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
     else:
       flat[f'{prefix}{key}'] = value
   return flat
+
+
+def dense_baseline(name: str) -> str:
+  """The `_dense` config in configs/ that the seed config `name` is compared with
+  (cifar10_resnet32_10 -> cifar10_resnet32_dense, the ablations -> cifar100_resnet32_dense,
+  imagenet_r50_* -> imagenet_r50_dense)."""
+  if name.startswith('imagenet_r50'):
+    return 'imagenet_r50_dense'
+  return re.sub(r'_(\d+|ablation_\d+)$', '_dense', name)

@@ -102,13 +102,17 @@ def network_arguments(model_config, num_classes: int) -> Dict[str, Any]:
               initialization=model_config.init, **resolve_settings(model_config))
 
 
-def create_model(model_config, num_classes: int) -> nn.Module:
+def create_model(model_config, num_classes: int, inference: Optional[str] = None) -> nn.Module:
   """The network of ``model_config`` with `num_classes` outputs.
 
   Call it as ``model.apply(variables, x, train=..., mutable=['batch_stats'])``
-  on (B, H, W, C) float images; it returns float32 logits.
+  on (B, H, W, C) float images; it returns float32 logits. With `inference` a
+  lowering name: the folded inference network (no BatchNorm, convolutions with
+  a bias; `ssc_jax.deploy.fold_batch_norm` makes its variables), its SSC
+  layers run by that lowering.
   """
   common = network_arguments(model_config, num_classes)
+  common['inference'] = inference
   name = model_config.name
   if name == 'vgg19':
     return VGG(blocks=vgg.VGG19_BLOCKS, **common)

@@ -22,7 +22,7 @@ Initialisation (``config.model.init``):
 BatchNorm starts at scale 1 and bias 0 under both.
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -73,21 +73,30 @@ def check_setting(path: str, in_features: int, features: int, kernel_size: int,
 def conv(parent: nn.Module, x: jnp.ndarray, features: int, kernel_size: int, *,
          g: Optional[int], p: Optional[int], setting: Optional[str], dtype: Any,
          init: str, name: str, strides: int = 1, padding: Any = 'SAME',
-         taps: Any = 'full') -> jnp.ndarray:
+         taps: Any = 'full', inference: Optional[str] = None) -> jnp.ndarray:
   """Applies a bias-free `NetworkConv` named `name` in `parent`, initialised by `init`.
 
+  In an inference network (`inference` a lowering name, see `batch_norm`) the
+  convolution has a bias, the BatchNorm after it folded in, and runs by that lowering.
   A (g, p) that the layer cannot take raises a ConfigError (`check_setting`).
   """
   check_setting('/'.join(parent.path + (name,)), x.shape[-1], features, kernel_size, g, p,
                 setting, taps)
   return NetworkConv(
       features, kernel_size, strides=strides, padding=padding, g=g, p=p, taps=taps,
-      use_bias=False, dtype=dtype, kernel_init=CONV_INITS[init](),
-      setting=setting, name=name)(x)
+      use_bias=inference is not None, dtype=dtype, kernel_init=CONV_INITS[init](),
+      implementation=inference or 'auto', setting=setting, name=name)(x)
 
 
-def batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-  """BatchNorm with momentum 0.9, epsilon 1e-5; `zero_scale` starts its scale at 0."""
+def batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False,
+               inference: Optional[str] = None) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """BatchNorm with momentum 0.9, epsilon 1e-5; `zero_scale` starts its scale at 0.
+
+  In an inference network (`inference` set: `ssc_jax.deploy` folds each BatchNorm into
+  the convolution before it) there is none: the identity.
+  """
+  if inference is not None:
+    return lambda x: x
   return nn.BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
       dtype=dtype,

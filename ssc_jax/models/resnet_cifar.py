@@ -33,21 +33,23 @@ class BasicBlock(nn.Module):
   taps: Any
   initialization: str
   dtype: Any
+  inference: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     ssc = dict(g=self.g, p=self.p, taps=self.taps, setting=conv_lib.G_P, dtype=self.dtype,
-               init=self.initialization)
+               init=self.initialization, inference=self.inference)
+    norm = lambda name: conv_lib.batch_norm(train, self.dtype, name, inference=self.inference)
     y = conv_lib.conv(self, x, self.features, 3, strides=self.strides,
                       padding=1, name='conv1', **ssc)
-    y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn1')(y))
+    y = nn.relu(norm('bn1')(y))
     y = conv_lib.conv(self, y, self.features, 3, name='conv2', **ssc)
-    y = conv_lib.batch_norm(train, self.dtype, 'bn2')(y)
+    y = norm('bn2')(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = conv_lib.conv(self, x, self.features, 1, strides=self.strides,
                         padding=0, g=1, p=None, setting=None, dtype=self.dtype,
-                        init=self.initialization, name='proj_conv')
-      x = conv_lib.batch_norm(train, self.dtype, 'proj_bn')(x)
+                        init=self.initialization, name='proj_conv', inference=self.inference)
+      x = norm('proj_bn')(x)
     return nn.relu(x + y)
 
 
@@ -61,6 +63,8 @@ class ResNet32(nn.Module):
     taps: the KxK pattern of the stages' 3x3 convolutions.
     initialization: 'he' or 'grasp' (`conv.INITS`, config.model.init).
     dtype: compute dtype; parameters are float32.
+    inference: None, or the folded inference network (`conv.batch_norm`) running its
+      SSC layers by this lowering.
   """
   num_classes: int
   width: int = 1
@@ -69,17 +73,19 @@ class ResNet32(nn.Module):
   taps: Any = 'full'
   initialization: str = 'he'
   dtype: Any = jnp.float32
+  inference: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
     filters = filter_counts(self.width)
     x = jnp.asarray(x, self.dtype)
     x = conv_lib.conv(self, x, filters[0], 3, g=1, p=None, setting=None,
-                      dtype=self.dtype, init=self.initialization, name='stem_conv')
-    x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn')(x))
+                      dtype=self.dtype, init=self.initialization, name='stem_conv',
+                      inference=self.inference)
+    x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn', inference=self.inference)(x))
     for stage, (features, g, p) in enumerate(zip(filters, self.g, self.p)):
       for block in range(BLOCKS_PER_STAGE):
         strides = 2 if stage and not block else 1
         x = BasicBlock(features, strides, g, p, self.taps, self.initialization, self.dtype,
-                       name=f'stage{stage + 1}_block{block}')(x, train)
+                       self.inference, name=f'stage{stage + 1}_block{block}')(x, train)
     return conv_lib.classifier(x, self.num_classes, self.dtype, self.initialization)

@@ -37,24 +37,28 @@ class Bottleneck(nn.Module):
   initialization: str
   zero_init_residual: bool
   dtype: Any
+  inference: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     pointwise = dict(g=None, setting=conv_lib.P_1X1, dtype=self.dtype, padding=0,
-                     init=self.initialization)
+                     init=self.initialization, inference=self.inference)
+    norm = lambda name, zero=False: conv_lib.batch_norm(train, self.dtype, name, zero,
+                                                        self.inference)
     out_features = EXPANSION * self.width
     y = conv_lib.conv(self, x, self.width, 1, p=self.p_in, name='conv1', **pointwise)
-    y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn1')(y))
+    y = nn.relu(norm('bn1')(y))
     y = conv_lib.conv(self, y, self.width, 3, strides=self.strides, padding=1,
                       g=self.g, p=self.p, taps=self.taps, setting=conv_lib.G_P,
-                      dtype=self.dtype, init=self.initialization, name='conv2')
-    y = nn.relu(conv_lib.batch_norm(train, self.dtype, 'bn2')(y))
+                      dtype=self.dtype, init=self.initialization, name='conv2',
+                      inference=self.inference)
+    y = nn.relu(norm('bn2')(y))
     y = conv_lib.conv(self, y, out_features, 1, p=self.p_out, name='conv3', **pointwise)
-    y = conv_lib.batch_norm(train, self.dtype, 'bn3', zero_scale=self.zero_init_residual)(y)
+    y = norm('bn3', self.zero_init_residual)(y)
     if self.strides != 1 or x.shape[-1] != out_features:
       x = conv_lib.conv(self, x, out_features, 1, strides=self.strides,
                         p=self.p_out, name='proj_conv', **pointwise)
-      x = conv_lib.batch_norm(train, self.dtype, 'proj_bn')(x)
+      x = norm('proj_bn')(x)
     return nn.relu(x + y)
 
 
@@ -69,6 +73,8 @@ class ResNet50(nn.Module):
     initialization: 'he' or 'grasp' (`conv.INITS`, config.model.init).
     zero_init_residual: start each block's last BatchNorm scale at 0.
     dtype: compute dtype; parameters are float32.
+    inference: None, or the folded inference network (`conv.batch_norm`) running its
+      SSC layers by this lowering.
   """
   num_classes: int
   g: Tuple[Optional[int], ...] = (1, 1, 1, 1)
@@ -78,20 +84,25 @@ class ResNet50(nn.Module):
   initialization: str = 'he'
   zero_init_residual: bool = True
   dtype: Any = jnp.float32
+  inference: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
     p_1x1 = dict(zip(FILTER_COUNTS_1X1, self.p_1x1))
     x = jnp.asarray(x, self.dtype)
     x = conv_lib.conv(self, x, 64, 7, strides=2, padding=3, g=1, p=None,
-                      setting=None, dtype=self.dtype, init=self.initialization, name='stem_conv')
-    x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                      setting=None, dtype=self.dtype, init=self.initialization, name='stem_conv',
+                      inference=self.inference)
+    x = nn.relu(conv_lib.batch_norm(train, self.dtype, 'stem_bn', inference=self.inference)(x))
+    # 3x3 max-pooling, stride 2, padding 1: the padding written out (-inf, as max_pool's own),
+    # which exports to ONNX as Pad + MaxPool.
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
     for stage, (width, g, p, size) in enumerate(
         zip(FILTER_COUNTS, self.g, self.p, STAGE_SIZES)):
       for block in range(size):
         strides = 2 if stage and not block else 1
         x = Bottleneck(width, strides, g, p, p_1x1[width], p_1x1[EXPANSION * width],
                        self.taps, self.initialization, self.zero_init_residual, self.dtype,
-                       name=f'stage{stage + 1}_block{block}')(x, train)
+                       self.inference, name=f'stage{stage + 1}_block{block}')(x, train)
     return conv_lib.classifier(x, self.num_classes, self.dtype, self.initialization)

@@ -37,6 +37,8 @@ class VGG(nn.Module):
     taps: the KxK pattern of every convolution but the first.
     initialization: 'he' or 'grasp' (`conv.INITS`, config.model.init).
     dtype: compute dtype; parameters are float32.
+    inference: None, or the folded inference network (`conv.batch_norm`) running its
+      SSC layers by this lowering.
   """
   num_classes: int
   blocks: Tuple[Tuple[int, int], ...] = VGG19_BLOCKS
@@ -45,6 +47,7 @@ class VGG(nn.Module):
   taps: Any = 'full'
   initialization: str = 'he'
   dtype: Any = jnp.float32
+  inference: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
@@ -53,14 +56,16 @@ class VGG(nn.Module):
     index = 0
     for block, (features, num_convs) in enumerate(self.blocks):
       if block:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
       for _ in range(num_convs):
         if index == 0:
           g, p, setting, taps = 1, None, None, 'full'
         else:
           (g, p), setting, taps = settings[features], conv_lib.G_P, self.taps
         x = conv_lib.conv(self, x, features, 3, g=g, p=p, setting=setting, taps=taps,
-                          dtype=self.dtype, init=self.initialization, name=f'conv{index}')
-        x = nn.relu(conv_lib.batch_norm(train, self.dtype, f'bn{index}')(x))
+                          dtype=self.dtype, init=self.initialization, name=f'conv{index}',
+                          inference=self.inference)
+        x = nn.relu(conv_lib.batch_norm(train, self.dtype, f'bn{index}',
+                                        inference=self.inference)(x))
         index += 1
     return conv_lib.classifier(x, self.num_classes, self.dtype, self.initialization)

@@ -30,6 +30,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ssc_jax.ssc.structure import SSCStructure
 from ssc_jax.ssc.structure import group_starts
@@ -85,7 +86,7 @@ def take_flat(stored: Array, index: np.ndarray) -> Array:
   """
   flat = stored.reshape(-1)
   targets, entries = _placement(index, flat.shape[0])
-  values = flat if entries is None else jnp.take(flat, jnp.asarray(entries), unique_indices=True)
+  values = flat if entries is None else flat.at[jnp.asarray(entries)].get(unique_indices=True)
   out = jnp.zeros(index.size, stored.dtype).at[jnp.asarray(targets)].add(
       values, unique_indices=True)
   return out.reshape(index.shape)
@@ -376,7 +377,9 @@ class Layout:
   def gather(self, kernel: Optional[Array], mix: Optional[Array], index: np.ndarray) -> Array:
     """`take_flat` of the layer's weights (kernel then mix, flattened) through `index`."""
     parts = [w.reshape(-1) for w in (kernel, mix) if w is not None]
-    return take_flat(jnp.concatenate(parts), index)
+    # lax, not jnp: jax2onnx replaces jnp.concatenate while it traces an export, whose
+    # weights are derived eagerly (`lowerings._frozen`).
+    return take_flat(lax.concatenate(parts, 0) if len(parts) > 1 else parts[0], index)
 
   @functools.cached_property
   def dense_index(self) -> np.ndarray:

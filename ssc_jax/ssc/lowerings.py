@@ -42,8 +42,7 @@ A lowering is named by how it computes each part of the layer:
   - ``dconv``: a 1x1 convolution with the masked dense (M, N) weight.
 
 ``'plain'`` runs the layer as plain convolutions only, which runtimes outside
-XLA (ONNX Runtime, OpenVINO) run well: ``'rects+pconv'``, the KxK part at
-g groups (`PLAIN_MIN_GROUP` for when a coarser grouping is used instead).
+XLA (ONNX Runtime, OpenVINO) run well (`plain_name`).
 
 A part the layer does not have is skipped. `apply` runs a lowering, or a
 `Choice` of one lowering per pass (forward, input gradient, weight gradient)
@@ -105,6 +104,15 @@ def _materialized(x: Array) -> Array:
   return lax.optimization_barrier(x)
 
 
+def _frozen(fn, *weights):
+  """fn(*weights): the derived weights of a lowering, computed at trace time where the
+  stored weights are constants (a model exported with its weights closed over: the
+  exported graph holds the derived kernels, not the gathers that build them), traced
+  with the rest otherwise."""
+  with jax.ensure_compile_time_eval():
+    return fn(*weights)
+
+
 def _window(x: Array, geometry: Geometry, position: Tuple[int, int]) -> Array:
   """The input under kernel position (i, j) at every output position: (..., H', W', C).
 
@@ -133,7 +141,7 @@ def _take_channels(x: Array, index: Optional[np.ndarray]) -> Array:
   if index is None:
     return x
   mode = 'fill' if np.any(index >= x.shape[-1]) else 'clip'
-  return jnp.take(x, jnp.asarray(index), axis=-1, mode=mode, fill_value=0, unique_indices=True)
+  return x.at[..., jnp.asarray(index)].get(mode=mode, fill_value=0, unique_indices=True)
 
 
 # --- the 1x1 mixing part --------------------------------------------------------
@@ -149,7 +157,7 @@ def _mix_einsum(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
   if extra:
     x = jnp.pad(x, [(0, 0)] * 3 + [(0, extra)])
   x = x.reshape(x.shape[:-1] + (blocks_in, p))
-  y = jnp.einsum('...ar,rab->...br', x, mix_layout.box(mix), precision=precision)
+  y = jnp.einsum('...ar,rab->...br', x, _frozen(mix_layout.box, mix), precision=precision)
   y = y.reshape(y.shape[:-2] + (blocks_out * p,))
   return y[..., :s.features]
 
@@ -158,7 +166,7 @@ def _mix_matmul(x: Array, mix: Array, mix_layout: MixLayout, geometry: Geometry,
                 precision) -> Array:
   """The centre tap times the masked dense (M, N) mixing weight."""
   x = _window(x, geometry, mix_layout.structure.centre)
-  return jnp.matmul(x, mix_layout.matrix(mix), precision=precision)
+  return jnp.matmul(x, _frozen(mix_layout.matrix, mix), precision=precision)
 
 
 # --- the KxK part ---------------------------------------------------------------
@@ -176,7 +184,7 @@ def _grouped_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry
     # explicit sharding: the partitioner places it, in auto mode.
     conv = jax.sharding.auto_axes(conv, axes=explicit,
                                   out_sharding=P(*jax.typeof(x).sharding.spec[:-1]))
-  y = conv(_take_channels(x, physical.input_index), physical.kernel(kernel))
+  y = conv(_take_channels(x, physical.input_index), _frozen(physical.kernel, kernel))
   return _take_channels(y, physical.output_index)
 
 
@@ -188,12 +196,19 @@ def _rectangle_conv(x: Array, w: Array, rows: Tuple[int, ...], cols: Tuple[int, 
   kernel there, `groups` its feature groups.
 
   The window moves as the full KxK window does: the padding is shifted by the
-  rectangle's offset (negative where it starts inside the padding: a crop).
+  rectangle's offset. Where that is negative (the rectangle starts inside the
+  padding, or ends before the kernel's last row), x is cropped instead: ONNX
+  Conv takes no negative padding.
   """
-  pads = []
-  for (lo, hi), size, taps in zip(geometry.pads, kernel_size, (rows, cols)):
+  pads, crop_start, crop_end = [], [0] * x.ndim, list(x.shape)
+  for dim, ((lo, hi), size, taps) in enumerate(zip(geometry.pads, kernel_size, (rows, cols))):
     extent = taps[-1] - taps[0] + 1  # the dilated sub-kernel's span
-    pads.append((lo - taps[0], hi - size + taps[0] + extent))
+    low, high = lo - taps[0], hi - size + taps[0] + extent
+    axis = x.ndim - 3 + dim
+    crop_start[axis], crop_end[axis] = max(0, -low), x.shape[axis] - max(0, -high)
+    pads.append((max(0, low), max(0, high)))
+  if crop_start != [0] * x.ndim or crop_end != list(x.shape):
+    x = lax.slice(x, crop_start, crop_end)
   return lax.conv_general_dilated(x, w, geometry.strides, pads,
                                   rhs_dilation=(_step(rows), _step(cols)),
                                   dimension_numbers=_DIMENSIONS, precision=precision,
@@ -212,7 +227,7 @@ def _sliced_conv(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
   the dilated rectangles of kept positions."""
   physical = kernel_layout.physical(groups)
   kernel_size = kernel_layout.structure.kernel_size
-  w = physical.kernel(kernel)  # (KH, KW, max_in, groups * max_out), padding last in a group
+  w = _frozen(physical.kernel, kernel)  # (KH, KW, max_in, groups * max_out), padding last
   outputs = []
   for group in range(groups):
     first_in, end_in = (int(v) for v in physical.in_starts[group:group + 2])
@@ -251,7 +266,7 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
     windows = [_window(grouped, geometry, divmod(position, kw))
                for position in tap_class.positions]
     patches = jnp.stack(windows, axis=-2)  # (g, B, H', W', T, max_in)
-    weights = kernel_layout.class_kernel(tap_class, kernel)  # (T, max_in, g * max_out)
+    weights = _frozen(kernel_layout.class_kernel, tap_class, kernel)  # (T, max_in, g * max_out)
     weights = jnp.transpose(weights.reshape(len(windows), max_in, g, tap_class.max_out),
                             (2, 0, 1, 3))
     y = lax.dot_general(patches, weights, (((4, 5), (1, 2)), ((0,), (0,))),
@@ -259,15 +274,6 @@ def _tap_matmuls(x: Array, kernel: Array, kernel_layout: KernelLayout, geometry:
     outputs.append(jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(batch, out_h, out_w, -1))
   y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
   return _take_channels(y, kernel_layout.taps_output_index)
-
-
-def _frozen(fn, *weights):
-  """fn(*weights): the derived weights of a lowering, computed at trace time where the
-  stored weights are constants (a model exported with its weights closed over: the
-  exported graph holds the derived kernels, not the gathers that build them), traced
-  with the rest otherwise."""
-  with jax.ensure_compile_time_eval():
-    return fn(*weights)
 
 
 def _gathered_channels(x: Array, index: Optional[np.ndarray]) -> Array:
@@ -338,7 +344,7 @@ _MIX_FNS = {'einsum': _mix_einsum, 'matmul': _mix_matmul, 'pconv': _mix_grouped_
 # --- whole lowerings ------------------------------------------------------------
 
 def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  weights = layout.gather(kernel, mix, layout.dense_index)
+  weights = _frozen(layout.gather, kernel, mix, layout.dense_index)
   conv = functools.partial(lax.conv_general_dilated, window_strides=geometry.strides,
                            padding=geometry.pads, dimension_numbers=_DIMENSIONS,
                            precision=precision)
@@ -346,7 +352,7 @@ def _dense(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Arr
 
 
 def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
-  weights = layout.gather(kernel, mix, layout.shift_index)  # (T, M, N)
+  weights = _frozen(layout.gather, kernel, mix, layout.shift_index)  # (T, M, N)
   kw = layout.structure.kernel_size[1]
   x = _materialized(x)
   y = None
@@ -359,17 +365,22 @@ def _shifts(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Ar
 def _split(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
   y = None
   for grid in layout.subgrids:
-    term = _rectangle_conv(x, layout.gather(kernel, mix, grid.index), grid.rows, grid.cols,
+    term = _rectangle_conv(x, _frozen(layout.gather, kernel, mix, grid.index), grid.rows, grid.cols,
                            layout.structure.kernel_size, geometry, precision)
     y = term if y is None else y + term
   return y
 
 
 def plain_name(layout: Layout) -> str:
-  """The '<kxk>+<mix>' lowering that 'plain' runs for this layer: the kept taps as grouped
-  convolutions ('rects') and the mix as a grouped 1x1 convolution ('pconv')."""
-  del layout  # one rule for every layer so far (docs/deploy.md: the measurements)
-  return 'rects+pconv'
+  """The lowering that 'plain' runs for this layer, by a rule from ONNX Runtime's timings
+  (docs/deploy.md): the kept taps as grouped convolutions and the mix as a masked dense
+  1x1 convolution ('rects+dconv') where g divides the channels; else the kept taps as
+  dense convolutions with the mix folded into the centre ('split'). Channel gathers (the
+  padding of unequal groups, 'pconv''s residue order) keep ONNX Runtime from fusing and
+  cost more than they save, so neither is used.
+  """
+  s = layout.structure
+  return 'rects+dconv' if s.g is None or s.kernel_divisible else 'split'
 
 
 def _plain(x, kernel, mix, layout: Layout, geometry: Geometry, precision) -> Array:
