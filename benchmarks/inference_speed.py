@@ -35,6 +35,7 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from ssc_jax import budget  # pylint: disable=wrong-import-position
+from network_speed import emit  # pylint: disable=wrong-import-position
 from ssc_jax import config_lib  # pylint: disable=wrong-import-position
 from ssc_jax import deploy  # pylint: disable=wrong-import-position
 
@@ -113,6 +114,9 @@ def main():
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--latency_runs', type=int, default=200)
   parser.add_argument('--batch_runs', type=int, default=20)
+  parser.add_argument('--onnx_lowering', default=deploy.ONNX_LOWERING,
+                      help="the SSC configs' lowering in model.onnx (an ablation of 'plain', "
+                           "e.g. 'rects+pconv'); the dense configs keep 'plain'")
   parser.add_argument('--out', default=None, help='also append the tables to this file')
   args = parser.parse_args()
   runtimes = args.runtimes.split(',')
@@ -127,13 +131,14 @@ def main():
   lines = [f'# CPU inference speed, {datetime.date.today()}: {cpu_model()}, '
            f'{os.cpu_count()} logical cores, {args.threads} threads; float32; jax '
            f'{jax.__version__}, jax2onnx {version("jax2onnx")}, onnxruntime '
-           f'{version("onnxruntime")}, openvino {version("openvino")}; latency: median and '
+           f'{version("onnxruntime")}, openvino {version("openvino")}; SSC layers in ONNX on '
+           f"'{args.onnx_lowering}'; latency: median and "
            f'p90 of {args.latency_runs} calls at batch 1; throughput: median of '
            f'{args.batch_runs} calls', '',
            '| config | runtime | batch 1 ms (p90) | dense batch 1 ms (p90) | batch 1 vs dense '
            '| batch | images/s | dense images/s | batch vs dense | MAC fraction |',
            '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
-  emit(lines, args.out)
+  emit('\n'.join(lines), args.out)
   summary = []
   with tempfile.TemporaryDirectory() as scratch:
     for name in names:
@@ -144,6 +149,7 @@ def main():
         networks[label] = deploy.from_config(config)
         directory = pathlib.Path(scratch) / label
         if not directory.exists():
+          deploy.ONNX_LOWERING = args.onnx_lowering if label == name else 'plain'
           deploy.export(networks[label], str(directory))
         found[label] = runners(networks[label], directory, runtimes, args.threads)
       shape = networks[name].image_shape
@@ -160,33 +166,25 @@ def main():
         throughput = time_pair(ssc, dense, many, args.batch_runs)
         medians = [statistics.median(t) for t in latency + throughput]
         results[runtime] = medians
-        emit([f'| {name} | {runtime} | {medians[0]:.2f} ({p90(latency[0]):.2f}) | '
-              f'{medians[1]:.2f} ({p90(latency[1]):.2f}) | {medians[0] / medians[1]:.2f}x | '
-              f'{batch} | {1000 * batch / medians[2]:,.0f} | {1000 * batch / medians[3]:,.0f} | '
-              f'{medians[2] / medians[3]:.2f}x | {fraction:.3f} |'], args.out)
+        emit(f'| {name} | {runtime} | {medians[0]:.2f} ({p90(latency[0]):.2f}) | '
+             f'{medians[1]:.2f} ({p90(latency[1]):.2f}) | {medians[0] / medians[1]:.2f}x | '
+             f'{batch} | {1000 * batch / medians[2]:,.0f} | {1000 * batch / medians[3]:,.0f} | '
+             f'{medians[2] / medians[3]:.2f}x | {fraction:.3f} |', args.out)
       best = lambda column: min(results, key=lambda r: results[r][column])
       ssc_1, dense_1, ssc_b, dense_b = best(0), best(1), best(2), best(3)
       summary.append((name, results[ssc_1][0] / results[dense_1][1], ssc_1, dense_1,
                       results[ssc_b][2] / results[dense_b][3], ssc_b, dense_b, batch))
-  emit(['', '| config | batch 1, best vs best | batch, best vs best | target |',
-        '|---|---:|---:|---|'], args.out)
+  emit('\n| config | batch 1, best vs best | batch, best vs best | target |\n|---|---:|---:|---|',
+       args.out)
   for name, ratio_1, ssc_1, dense_1, ratio_b, ssc_b, dense_b, batch in summary:
     target = TARGETS.get(name)
     verdict = '-' if target is None else (
         f'<= {target[0]} / <= {target[1]}: batch 1 '
         f'{"met" if ratio_1 <= target[0] else "not met"}, batch {batch} '
         f'{"met" if ratio_b <= target[1] else "not met"}')
-    emit([f'| {name} | {ratio_1:.2f}x ({ssc_1} vs {dense_1}) | {ratio_b:.2f}x ({ssc_b} vs '
-          f'{dense_b}) | {verdict} |'], args.out)
-  emit([''], args.out)
-
-
-def emit(lines, out) -> None:
-  text = '\n'.join(lines)
-  print(text, flush=True)
-  if out:
-    with open(out, 'a') as f:
-      f.write(text + '\n')
+    emit(f'| {name} | {ratio_1:.2f}x ({ssc_1} vs {dense_1}) | {ratio_b:.2f}x ({ssc_b} vs '
+         f'{dense_b}) | {verdict} |', args.out)
+  emit('', args.out)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ tpu.offline_environment()
 import jax  # pylint: disable=wrong-import-position
 
 from ssc_jax import aot  # pylint: disable=wrong-import-position
+from network_speed import emit  # pylint: disable=wrong-import-position
 from ssc_jax import budget  # pylint: disable=wrong-import-position
 from ssc_jax import config_lib  # pylint: disable=wrong-import-position
 from ssc_jax import models  # pylint: disable=wrong-import-position
@@ -72,26 +73,18 @@ def table(names, topology: str, dtype: str, out) -> None:
            'est. cycles | dense twin eval | eval vs dense | flops vs dense | peak memory | '
            'target (train) |',
            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-  emit(lines, out)
+  emit('\n'.join(lines), out)
   for name in names:
     result = aot.report(load(name, dtype), topology, name)
     ratio = result['vs_dense']
     target = TARGETS.get(name)
     verdict = ('-' if target is None else
                f"<= {target}: {'met' if ratio['train']['est_cycles'] <= target else 'not met'}")
-    emit([f"| {name} | {result['batch']} | {result['train']['est_cycles']:,} | "
-          f"{result['dense']['train']['est_cycles']:,} | {ratio['train']['est_cycles']:.2f}x | "
-          f"{result['eval']['est_cycles']:,} | {result['dense']['eval']['est_cycles']:,} | "
-          f"{ratio['eval']['est_cycles']:.2f}x | {ratio['train']['flops']:.2f}x | "
-          f"{result['train']['peak_bytes'] / 2**30:.2f} GiB | {verdict} |"], out)
-
-
-def emit(lines, out) -> None:
-  text = '\n'.join(lines)
-  print(text, flush=True)
-  if out:
-    with open(out, 'a') as f:
-      f.write(text + '\n')
+    emit(f"| {name} | {result['batch']} | {result['train']['est_cycles']:,} | "
+         f"{result['dense']['train']['est_cycles']:,} | {ratio['train']['est_cycles']:.2f}x | "
+         f"{result['eval']['est_cycles']:,} | {result['dense']['eval']['est_cycles']:,} | "
+         f"{ratio['eval']['est_cycles']:.2f}x | {ratio['train']['flops']:.2f}x | "
+         f"{result['train']['peak_bytes'] / 2**30:.2f} GiB | {verdict} |", out)
 
 
 def main():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -91,15 +92,9 @@ def _abstract_state(config, model_config, num_classes, image_shape):
   """The shapes of the main job's TrainState for `config` (what a checkpoint holds)."""
   model = models.create_model(model_config, num_classes)
   tx = optim.create_optimizer(config, 1)
-
-  def init():
-    variables = model.init(jax.random.key(0), jnp.zeros((1,) + image_shape), train=False)
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                            batch_stats=variables.get('batch_stats', {}),
-                            opt_state=tx.init(variables['params']))
-
   with autotune.installed(autotune.Plan(force='dense')):
-    return jax.eval_shape(init)
+    return jax.eval_shape(functools.partial(train.initial_state, model, tx, image_shape),
+                          jax.random.key(0))
 
 
 def from_config(config) -> Network:

@@ -211,14 +211,9 @@ def compile_steps(config, devices: Sequence[Any], name: str = '') -> Steps:
   plan = plan_for(config, model, info.input_shape, devices)
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
-  def init(key):
-    variables = model.init(key, jnp.zeros((1,) + info.input_shape, jnp.float32), train=False)
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                            batch_stats=variables.get('batch_stats', {}),
-                            opt_state=tx.init(variables['params']))
-
   with autotune.installed(tuning.init_plan(plan)):
-    state = _abstract_tree(jax.eval_shape(init, jax.random.key(0)), replicated)
+    state = _abstract_tree(jax.eval_shape(functools.partial(
+        train.initial_state, model, tx, info.input_shape), jax.random.key(0)), replicated)
 
   def batch_of(size, with_mask):
     batch = {'image': jax.ShapeDtypeStruct((size,) + info.input_shape, jnp.float32,

@@ -70,16 +70,19 @@ def init_compiler_options() -> Optional[Dict[str, Any]]:
   return {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
+def initial_state(model, tx: optax.GradientTransformation, image_shape: Tuple[int, ...],
+                  key: jax.Array) -> TrainState:
+  """The initial TrainState of `model` (parameters from `key`) with `tx`'s state."""
+  variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+
 def create_train_state(model, tx: optax.GradientTransformation, image_shape: Tuple[int, ...],
                        key: jax.Array, mesh) -> TrainState:
   """Initial state, created directly in its replicated sharding."""
-
-  def init(key):
-    variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
-
+  init = functools.partial(initial_state, model, tx, image_shape)
   lowered = jax.jit(init, out_shardings=sharding.replicated(mesh)).lower(key)
   return lowered.compile(init_compiler_options())(key)
 

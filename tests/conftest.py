@@ -8,7 +8,8 @@ from ssc_jax.ssc import autotune
 # Modules whose tests train real runs (tens of seconds each), run first: the two xdist
 # workers then end on short tests and finish together.
 _HEAVY_MODULES = ('test_train.py', 'test_multihost.py', 'test_train_networks.py',
-                  'test_search.py', 'test_console.py', 'test_report.py', 'test_lowerings.py')
+                  'test_search.py', 'test_console.py', 'test_report.py', 'test_lowerings.py',
+                  'test_export.py', 'test_nnx.py', 'test_docs.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -186,3 +186,28 @@ def test_speed_scripts_refuse_a_misspelled_lowering():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, script
     assert "--lowering='taps2' must be 'auto' or 'dense', 'shifts'" in result.stderr, script
+
+
+@pytest.mark.slow
+def test_inference_speed_table():
+  pytest.importorskip('onnxruntime', reason="needs the '[export]' extra")
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/inference_speed.py', '--configs=cifar10_resnet32_10',
+       '--runtimes=xla,onnxruntime', '--latency_runs=3', '--batch_runs=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith('| cifar10_resnet32_10 |')]
+  assert [row.split('|')[2].strip() for row in rows[:2]] == ['xla', 'onnxruntime']
+  for row in rows[:2]:
+    cells = row.strip('|').split('|')
+    ssc, dense = (float(cells[i].split('(')[0]) for i in (2, 3))
+    assert _number(cells[4]) == pytest.approx(ssc / dense, abs=0.01)
+  assert 'batch 1 not met' in rows[2] or 'batch 1 met' in rows[2]  # the summary's verdict
+
+
+def test_inference_speed_refuses_unknown_runtimes_and_configs():
+  for flag, message in (('--runtimes=tensorrt', 'not among xla,stablehlo,onnxruntime,openvino'),
+                        ('--configs=cifar10_resnet99', 'no config cifar10_resnet99')):
+    result = subprocess.run([sys.executable, 'benchmarks/inference_speed.py', flag], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

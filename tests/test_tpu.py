@@ -168,3 +168,26 @@ def test_estimate_tuning_writes_the_keys_a_tpu_run_reads(tmp_path):
   assert autotune.Choice(*entry['choice']) == plan.choices[key.id]
   training = entry['est_cycles']['training']  # the compositions, scored as a train step
   assert entry['choice'] == min(training, key=training.get).split(',')
+
+
+@pytest.mark.tpu
+def test_tpu_benchmark_tables(tmp_path):
+  _libtpu()
+  env = dict(os.environ, SSC_JAX_AUTOTUNE_CACHE=str(tmp_path / 'cache.json'))
+  layers = subprocess.run(
+      [sys.executable, 'benchmarks/tpu_layers.py', '--configs=default',
+       '--lowerings=dense,split'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert layers.returncode == 0, layers.stderr[-3000:]
+  rows = [line.strip('|').split('|') for line in layers.stdout.splitlines()
+          if line.startswith('| ') and 'est. cycles' not in line]
+  dense = [r for r in rows if r[1].strip() == 'dense conv']
+  assert len(dense) == 4 and all(r[3].strip() == '1.00x' for r in dense)  # 4 SSC layer shapes
+  assert len(rows) == 12 and all('%' in r[4] for r in rows)  # where the cycles go
+  table = subprocess.run(
+      [sys.executable, 'benchmarks/tpu_estimates.py', '--configs=default'], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=900)
+  assert table.returncode == 0, table.stderr[-3000:]
+  row = [line for line in table.stdout.splitlines() if line.startswith('| default |')][0]
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  train, dense_train = (float(cells[i].replace(',', '')) for i in (2, 3))
+  assert cells[4] == f'{train / dense_train:.2f}x' and cells[-1] == '-'
