@@ -1,5 +1,10 @@
 """ssc_jax: structured sparse convolutions (SSC) in JAX/Flax."""
 
+from ssc_jax import xla_flags
+
+xla_flags.without_ynn_fusions()
+
+# pylint: disable=wrong-import-position
 from ssc_jax.ssc import Fans
 from ssc_jax.ssc import SSCConv
 from ssc_jax.ssc import SSCStructure
