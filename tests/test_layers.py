@@ -495,7 +495,10 @@ def _dot_general_contractions(fn, *args):
   """The contracted sizes of every dot_general in fn's jaxpr."""
   sizes = []
   for eqn in jax.make_jaxpr(fn)(*args).eqns:
-    for sub in [eqn] + [e for j in jax.core.jaxprs_in_params(eqn.params) for e in j.eqns]:
+    inner = [v for value in eqn.params.values()  # the jaxprs a custom_vjp or pjit holds
+             for v in (value if isinstance(value, (tuple, list)) else [value])
+             if hasattr(v, 'eqns')]
+    for sub in [eqn] + [e for j in inner for e in j.eqns]:
       if sub.primitive.name == 'dot_general':
         (lhs, _), _ = sub.params['dimension_numbers']
         shape = sub.invars[0].aval.shape

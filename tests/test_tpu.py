@@ -163,11 +163,14 @@ def test_estimate_tuning_writes_the_keys_a_tpu_run_reads(tmp_path):
     plan = autotune.tune({key.id: (key, lay, geo)}, batch_divisor=4, cache=cache)
   assert key.id.startswith('tpu|TPU v5 lite|x4|b32|8x8|16->16|')
   entry = autotune.Cache(tmp_path / 'cache.json').entries[key.id]
-  assert set(entry['est_cycles']) == set(autotune.PASSES) | {'training'}
-  assert all(v > 0 for scores in entry['est_cycles'].values() for v in scores.values())
+  scores = entry['est_cycles']
+  assert set(autotune.PASSES) <= set(scores) <= set(autotune.PASSES) | {'training'}
+  assert all(v > 0 for per_pass in scores.values() for v in per_pass.values())
   assert autotune.Choice(*entry['choice']) == plan.choices[key.id]
-  training = entry['est_cycles']['training']  # the compositions, scored as a train step
-  assert entry['choice'] == min(training, key=training.get).split(',')
+  if 'training' in scores:  # several compositions of the per-pass picks, scored as a step
+    assert entry['choice'] == min(scores['training'], key=scores['training'].get).split(',')
+  else:  # the per-pass picks compose one way only
+    assert entry['choice'] == [autotune.best(scores[which])[0] for which in autotune.PASSES]
 
 
 @pytest.mark.tpu
