@@ -41,8 +41,8 @@ def layer_rows(entries, platform: str):
   timed layer of `platform`."""
   rows = []
   for key_id, entry in sorted(entries.items()):
-    if key_id.startswith('network|') or set(entry.get('passes', autotune.PASSES)) != set(
-        autotune.PASSES):
+    if key_id.startswith('network|') or 'ms' not in entry or set(  # TPU: est_cycles
+        entry.get('passes', autotune.PASSES)) != set(autotune.PASSES):
       continue
     key = autotune.LayerKey.from_id(key_id)
     if key.platform != platform:

@@ -2,10 +2,10 @@
 
     python benchmarks/inference_speed.py [--configs=cifar10_resnet32_10,cifar10_vgg19_10,
         imagenet_r50_40] [--runtimes=xla,stablehlo,onnxruntime,openvino] [--threads=N]
-        [--latency_runs=200] [--batch_runs=20] [--out=FILE]
+        [--latency_runs=200] [--batch_runs=20] [--onnx_lowering=plain] [--out=FILE]
 
-Each config and its `_dense` config are exported from `--config` (untrained,
-float32: `ssc_jax.deploy`), then timed in the same run, the two alternating
+Each config and its `_dense` config are exported untrained, as
+`python -m ssc_jax.export --config=...` exports them (float32: `ssc_jax.deploy`), then timed in the same run, the two alternating
 call by call: latency at batch 1 (median and 90th percentile) and images/s
 at batch 64 (ImageNet: 8), warm-up excluded, on XLA:CPU (`jax.jit` of the
 training network's eval forward, its SSC layers on the autotuner's cache or
@@ -149,8 +149,8 @@ def main():
         networks[label] = deploy.from_config(config)
         directory = pathlib.Path(scratch) / label
         if not directory.exists():
-          deploy.ONNX_LOWERING = args.onnx_lowering if label == name else 'plain'
-          deploy.export(networks[label], str(directory))
+          deploy.export(networks[label], str(directory), onnx_lowering=(
+              args.onnx_lowering if label == name else deploy.ONNX_LOWERING))
         found[label] = runners(networks[label], directory, runtimes, args.threads)
       shape = networks[name].image_shape
       batch = 8 if shape[0] > 64 else 64

@@ -41,7 +41,7 @@ from ssc_jax.ssc import lowerings  # pylint: disable=wrong-import-position
 
 
 def layer_shapes(name: str, dtype: str, devices):
-  """{key id: (key, layout, geometry)} of the config's SSC layers with a KxK or mix part."""
+  """{key id: (key, layout, geometry)} of the config's SSC layers that are not dense."""
   config = config_lib.load_config_module(budget.CONFIG_DIR / f'{name}.py').get_config()
   if dtype:
     config.model.dtype = dtype
@@ -82,6 +82,10 @@ def main():
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='bfloat16')
   parser.add_argument('--out', default=None)
   args = parser.parse_args()
+  if args.lowerings != 'candidates':
+    unknown = [n for n in args.lowerings.split(',') if not lowerings.is_name(n)]
+    if unknown:
+      parser.error(f'--lowerings: {", ".join(unknown)} not a lowering name ({lowerings.NAMES})')
   devices = tpu.topology_devices(args.topology)
   estimator = tpu.Estimator(devices)
   lines = [f'# TPU layer estimates, {datetime.date.today()}: {args.topology} '
@@ -110,7 +114,7 @@ def main():
       for lowering in names:
         try:
           lowerings.check(lowering, layout)
-        except ValueError:
+        except ValueError:  # a valid name that this layer cannot run (e.g. 'grouped4' at g = 2)
           continue
         cycles, by_kind = cost(estimator, layout, geometry, batch, args.dtype, lowering)
         emit(f'| | {lowering} | {cycles:,} | {cycles / base:.2f}x | '

@@ -63,8 +63,8 @@ def report(config, topology: str, name: str) -> Dict[str, Any]:
   generation, _ = tpu.parse_topology(topology)
   devices = tpu.topology_devices(topology)
   hbm = tpu.CHIPS[generation].hbm_bytes
-  ssc = tpu.compile_steps(config, devices)
-  dense = tpu.compile_steps(tpu.dense_twin(config), devices)
+  ssc = tpu.compile_steps(config, devices, name)
+  dense = tpu.compile_steps(tpu.dense_twin(config), devices, f'{name} dense twin')
   result = {'config': name, 'topology': topology, 'devices': len(devices),
             'device_kind': devices[0].device_kind, 'hbm_bytes': hbm, 'batch': ssc.batch,
             'lowering': config.lowering, **_side(ssc, hbm), 'dense': _side(dense, hbm)}
@@ -120,6 +120,8 @@ def main(argv):
   config = FLAGS.config
   with config.unlocked():
     if FLAGS.batch is not None:
+      if FLAGS.batch < 1:
+        raise errors.UserError(f'--batch={FLAGS.batch} must be a positive number of examples')
       config.batch_size = config.eval_batch_size = FLAGS.batch
     if FLAGS.lowering is not None:
       if FLAGS.lowering != 'auto' and not lowerings.is_name(FLAGS.lowering):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -41,6 +42,7 @@ from ssc_jax import optim
 from ssc_jax import ssc
 from ssc_jax import train
 from ssc_jax.data import digits
+from ssc_jax.data import errors as data_errors
 from ssc_jax.data import folder
 from ssc_jax.data import specs
 from ssc_jax.models import conv as conv_lib
@@ -125,6 +127,20 @@ def from_workdir(workdir: str, config=None) -> Network:
                      'config': ocp.JsonCheckpointHandler()})
   step = steps[-1]
   try:
+    config, state = _restore(manager, directory, step, config)
+  finally:
+    manager.close()
+  model_config, num_classes, image_shape = _model_config(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  return Network(config, model_config, num_classes, image_shape,
+                 jax.tree.map(np.asarray, variables), step, f'{directory}/{step}')
+
+
+def _restore(manager, directory, step: int, config):
+  """(the checkpoint's config, its train state) of `step`; `config` (optional) must describe
+  the same network and data."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  try:
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   except Exception as error:  # pylint: disable=broad-except
     raise errors.UserError(f'{directory}/{step}: the checkpoint cannot be read '
@@ -147,11 +163,7 @@ def from_workdir(workdir: str, config=None) -> Network:
   except Exception as error:  # pylint: disable=broad-except
     raise errors.UserError(f'{directory}/{step}: the checkpoint does not hold the network of '
                            f'its config ({checkpointing.first_line(error)})') from None
-  finally:
-    manager.close()
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  return Network(config, model_config, num_classes, image_shape,
-                 jax.tree.map(np.asarray, variables), step, f'{directory}/{step}')
+  return config, state
 
 
 def layer_structures(model, image_shape) -> Dict[Tuple[str, ...], ssc.SSCStructure]:
@@ -278,7 +290,7 @@ def check_inputs(network: Network, count: int = CHECK_EXAMPLES) -> Tuple[np.ndar
       images = folder.load_images(files.paths[::max(1, len(files) // count)][:count],
                                   network.image_shape)
       described = f'{len(images)} test images of {config.folder_dir}'
-    except errors.UnreadableImageError:  # not stored at the input size (ImageNet)
+    except data_errors.UnreadableImageError:  # not stored at the input size (ImageNet)
       images = None
   if images is not None and images.shape[1:] == network.image_shape:
     return normalize(images, config.dataset), described
@@ -363,8 +375,11 @@ def _writable_parent(out: pathlib.Path) -> None:
 
 
 def export(network: Network, out: str, formats: Sequence[str] = FORMATS,
-           batch: Optional[int] = None, config_path: Optional[str] = None) -> Dict[str, Any]:
+           batch: Optional[int] = None, config_path: Optional[str] = None,
+           onnx_lowering: str = ONNX_LOWERING) -> Dict[str, Any]:
   """Writes the folded network to `out` in `formats`, checked; returns export.json's content.
+  `onnx_lowering` runs the SSC layers of model.onnx (an ablation; the default is the one
+  that ONNX Runtime runs fastest).
 
   Everything is written into a temporary directory beside `out`, which
   replaces `out` only once every file is written and every check passed.
@@ -388,7 +403,7 @@ def export(network: Network, out: str, formats: Sequence[str] = FORMATS,
   staging.chmod(0o777 & ~umask)  # mkdtemp's is private; the export is an ordinary directory
   try:
     if 'onnx' in formats:
-      write_onnx(inference_forward(network, ONNX_LOWERING, params), shape, staging / ONNX_FILE)
+      write_onnx(inference_forward(network, onnx_lowering, params), shape, staging / ONNX_FILE)
       logits = onnx_session(staging / ONNX_FILE).run(None, {'image': inputs})[0]
       checks['onnx'] = _checked('ONNX', compare(logits, reference))
     if 'stablehlo' in formats:
@@ -398,7 +413,8 @@ def export(network: Network, out: str, formats: Sequence[str] = FORMATS,
           run_stablehlo(staging / STABLEHLO_FILE, inputs), reference))
     np.save(staging / CHECK_INPUTS_FILE, inputs)
     np.save(staging / CHECK_LOGITS_FILE, reference)
-    metadata = _metadata(network, formats, batch, config_path, described, len(inputs), checks)
+    metadata = _metadata(network, formats, batch, config_path, described, len(inputs), checks,
+                         onnx_lowering)
     (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + '\n')
     _replace(staging, out)
   finally:
@@ -407,12 +423,18 @@ def export(network: Network, out: str, formats: Sequence[str] = FORMATS,
 
 
 def _replace(staging: pathlib.Path, out: pathlib.Path) -> None:
-  """Moves `staging` to `out`; an earlier export there is removed only after the move."""
+  """Moves `staging` to `out`; an earlier export there is removed only after the move, and
+  put back where the move fails."""
   old = None
   if out.exists():
     old = out.with_name(f'.{out.name}.old-{os.getpid()}')
     out.rename(old)
-  staging.rename(out)
+  try:
+    staging.rename(out)
+  except OSError:
+    if old is not None:
+      old.rename(out)
+    raise
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
 
@@ -421,15 +443,14 @@ def _versions() -> Dict[str, str]:
   versions = {'jax': jax.__version__}
   for package in ('jax2onnx', 'onnx', 'onnxruntime'):
     try:
-      from importlib import metadata  # pylint: disable=g-import-not-at-top
-      versions[package] = metadata.version(package)
-    except Exception:  # pylint: disable=broad-except
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # onnx and the runtime: [export] only
       pass
   return versions
 
 
 def _metadata(network: Network, formats, batch, config_path, described, count,
-              checks) -> Dict[str, Any]:
+              checks, onnx_lowering: str) -> Dict[str, Any]:
   height, width, channels = network.image_shape
   return {
       'config': network.config.to_dict(),
@@ -438,7 +459,7 @@ def _metadata(network: Network, formats, batch, config_path, described, count,
       'checkpoint_step': network.step,
       'files': {'onnx': ONNX_FILE if 'onnx' in formats else None,
                 'stablehlo': STABLEHLO_FILE if 'stablehlo' in formats else None},
-      'lowerings': {'onnx': ONNX_LOWERING, 'stablehlo': STABLEHLO_LOWERING},
+      'lowerings': {'onnx': onnx_lowering, 'stablehlo': STABLEHLO_LOWERING},
       'input': {'name': 'image', 'shape': [batch or 'batch', height, width, channels],
                 'layout': 'NHWC', 'dtype': 'float32', 'batch': batch or 'dynamic'},
       'output': {'name': 'logits', 'shape': [batch or 'batch', network.num_classes],

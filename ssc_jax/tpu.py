@@ -19,12 +19,12 @@ import functools
 import os
 import re
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from ssc_jax import budget
 from ssc_jax import config_lib
@@ -159,10 +159,8 @@ def dense_twin(config):
 @dataclasses.dataclass
 class Steps:
   """What the compiler says of a config's train and eval steps on a topology (per chip)."""
-  config_name: str
   batch: int
   eval_batch: int
-  plan: autotune.Plan
   train: hlo_cost.ProgramCost
   eval: hlo_cost.ProgramCost
 
@@ -234,5 +232,4 @@ def compile_steps(config, devices: Sequence[Any], name: str = '') -> Steps:
       except jax.errors.JaxRuntimeError as error:
         raise _compile_error(error, name or config.model.name, label, devices) from None
       costs[label] = hlo_cost.program_cost(compiled, time.perf_counter() - start)
-  return Steps(name, config.batch_size, config.eval_batch_size, plan, costs['train'],
-               costs['eval'])
+  return Steps(config.batch_size, config.eval_batch_size, costs['train'], costs['eval'])

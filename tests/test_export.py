@@ -2,7 +2,6 @@
 the exported files against jax, bad input. Needs the '[export]' extra (skipped without it)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import pytest
 from jax import lax
 from PIL import Image
 
-from ssc_jax import config_lib, deploy, models, ssc_structure, train
+from ssc_jax import config_lib, deploy, ssc_structure, train
 from ssc_jax.data import digits
-from ssc_jax.ssc import autotune, geometry, layout, lowerings
+from ssc_jax.ssc import geometry, layout, lowerings
 
 ort = pytest.importorskip('onnxruntime', reason="needs the '[export]' extra")
 pytest.importorskip('jax2onnx', reason="needs the '[export]' extra")
@@ -218,10 +217,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(trained_run, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'empty_run']
 
 
-def test_an_op_jax2onnx_lacks_writes_nothing(trained_run, tmp_path, monkeypatch):
-  monkeypatch.setattr(deploy, 'ONNX_LOWERING', 'taps')  # windows stacked and barriers: no ONNX
+def test_an_op_jax2onnx_lacks_writes_nothing(trained_run, tmp_path):
   with pytest.raises(deploy.errors.UserError, match='jax2onnx cannot export an op'):
-    deploy.export(deploy.from_workdir(str(trained_run)), str(tmp_path / 'out'))
+    deploy.export(deploy.from_workdir(str(trained_run)), str(tmp_path / 'out'),
+                  onnx_lowering='taps')  # windows stacked and barriers: no ONNX
   assert list(tmp_path.iterdir()) == []
 
 

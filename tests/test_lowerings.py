@@ -90,7 +90,7 @@ def test_every_lowering_matches_the_dense_reference(case):
   names = lowerings.candidates(layout_lib.layout(structure))
   assert 'dense' in names and ('shifts' in names) == (structure.kernel_size != (1, 1))
   extra = {'shifts', 'plain', 'rects+dconv'}  # and the export's lowerings
-  if structure.g:  # every coarser slicing, down to one slice; every grouping of 'rects'
+  if structure.g:  # every grouping of 'rects' with the residue-order mix
     extra |= {f'rects{d}+pconv' for d in range(1, structure.g) if structure.g % d == 0}
   extra |= set(lowerings.candidates(layout_lib.layout(structure), 'tpu'))
   if structure.g:  # every coarser slicing, down to one slice

@@ -174,6 +174,7 @@ def test_estimate_tuning_writes_the_keys_a_tpu_run_reads(tmp_path):
 
 
 @pytest.mark.tpu
+@pytest.mark.slow  # 30 s: the benchmark scripts; bash tests/tpu_checks.sh --slow runs it
 def test_tpu_benchmark_tables(tmp_path):
   _libtpu()
   env = dict(os.environ, SSC_JAX_AUTOTUNE_CACHE=str(tmp_path / 'cache.json'))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The TPU compile checks: the tests marked `tpu` (tests/test_tpu.py), in a Python 3.12 venv
 # with the [tpu] extra (jax[tpu]: libtpu compiles for TPU topologies on this CPU machine).
-# The venv is made once in $SSC_JAX_TPU_VENV (default .venv-tpu) and reused.
+# The venv is made once in $SSC_JAX_TPU_VENV (default .venv-tpu) and reused. --slow: also
+# the tests marked slow (the TPU benchmark scripts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${SSC_JAX_TPU_VENV:-.venv-tpu}
@@ -15,4 +16,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e ".[tpu]" "pytest>=8" "pytest-xdist>=3.5"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -m tpu tests/test_tpu.py
+marker="tpu and not slow"
+if [ "${1:-}" = "--slow" ]; then marker="tpu"; fi  # also the TPU benchmark scripts' check
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m "$marker" tests/test_tpu.py

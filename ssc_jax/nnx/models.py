@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssc_jax import errors
 from ssc_jax import models as linen_models
 from ssc_jax.models import conv as conv_lib
 from ssc_jax.models import resnet_cifar
@@ -224,8 +223,8 @@ class ResNet50(nnx.Module):
 def create_model(model_config, num_classes: int, *, in_features: int = 3,
                  rngs: nnx.Rngs) -> nnx.Module:
   """The NNX network of ``model_config`` with `num_classes` outputs, on `in_features`
-  input channels (1 for digits); ``config.model.ticket`` solved first, as for linen
-  (`ssc_jax.budget.resolve_ticket`).
+  input channels (1 for digits). A ``config.model.ticket`` must be solved first
+  (`ssc_jax.budget.resolve_ticket`), as the linen main job does.
 
   Call it as ``model(x)`` on (B, H, W, C) float images (float32 logits);
   ``model.eval()`` switches BatchNorm to its running averages.

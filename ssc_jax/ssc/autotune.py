@@ -280,7 +280,7 @@ class Cache:
     self.path = pathlib.Path(path)
     self.fallbacks = fallbacks
     self._entries: Optional[Dict[str, Any]] = None
-    self._index: Tuple[int, Dict[str, Any]] = (0, {})
+    self._index: Tuple[Optional[Dict[str, Any]], Dict[str, Any]] = (None, {})
 
   @classmethod
   def default(cls) -> 'Cache':
@@ -311,13 +311,13 @@ class Cache:
   def _per_device(self) -> Dict[str, Any]:
     """{per-device id: entry} of this file's layer entries."""
     entries = self.entries
-    if self._index[0] != id(entries):
+    if self._index[0] is not entries:  # the dict itself: a new one may reuse a freed id
       index = {}
       for key_id, entry in entries.items():
         per_device = _per_device_id(key_id)
         if per_device is not None:
           index.setdefault(per_device, entry)
-      self._index = (id(entries), index)
+      self._index = (entries, index)
     return self._index[1]
 
   def entry(self, key_id: str) -> Optional[Dict[str, Any]]:
@@ -478,7 +478,7 @@ class Timer:
 
   A scorer names the devices whose layer keys it fills (platform, device kind,
   device count), makes a candidate's inputs, compiles it and scores it (lower
-  is better, in `unit`). `ssc_jax.aot.Estimator` scores by the TPU compiler's
+  is better, in `unit`). `ssc_jax.tpu.Estimator` scores by the TPU compiler's
   estimate instead, for a TPU that is not attached.
   """
   unit = 'ms'
