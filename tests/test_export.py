@@ -233,3 +233,21 @@ def test_a_failed_check_writes_nothing(trained_run, tmp_path, monkeypatch):
                                                     r'training network: logits .* apart'):
     deploy.export(network, str(tmp_path / 'out'))
   assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_images_not_at_the_input_size_check_on_random_inputs(tmp_path):
+  """A folder dataset stored at another size (ImageNet's JPEGs) cannot be the check's
+  inputs: the export checks on standard normal inputs instead and says so."""
+  for split in ('train', 'test'):
+    for index, label in enumerate(('a', 'b')):
+      (tmp_path / split / label).mkdir(parents=True)
+      Image.fromarray(np.full((40, 30, 3), 60 * index, np.uint8)).save(
+          tmp_path / split / label / 'x.png')
+  config = config_lib.load_config_module('configs/cifar10_resnet32_10.py').get_config()
+  network = deploy.from_config(config)
+  config = network.config
+  with config.unlocked():
+    config.data_source, config.folder_dir = 'folder', str(tmp_path)
+  inputs, described = deploy.check_inputs(network, 4)
+  assert inputs.shape == (4, 32, 32, 3) and 'standard normal' in described
+  assert abs(float(inputs.std()) - 1) < 0.2
