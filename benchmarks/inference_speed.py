@@ -5,10 +5,10 @@
         [--latency_runs=200] [--batch_runs=20] [--onnx_lowering=plain] [--out=FILE]
 
 Each config and its `_dense` config are exported untrained, as
-`python -m ssc_jax.export --config=...` exports them (float32: `ssc_jax.deploy`), then timed in the same run, the two alternating
-call by call: latency at batch 1 (median and 90th percentile) and images/s
-at batch 64 (ImageNet: 8), warm-up excluded, on XLA:CPU (`jax.jit` of the
-training network's eval forward, its SSC layers on the autotuner's cache or
+`python -m ssc_jax.export --config=...` exports them (float32: `ssc_jax.deploy`),
+then timed in the same run, the two alternating call by call: latency at
+batch 1 (median and 90th percentile) and images/s at batch 64 (ImageNet: 8),
+warm-up excluded, on XLA:CPU (`jax.jit` of the training network's eval forward, its SSC layers on the autotuner's cache or
 rule), the StableHLO file (`jax.export`), ONNX Runtime and OpenVINO reading
 the same ONNX file (where openvino is installed). ONNX Runtime's idle
 threads do not spin (a spinning session slows the other one). Prints a

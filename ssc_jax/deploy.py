@@ -127,18 +127,14 @@ def from_workdir(workdir: str, config=None) -> Network:
                      'config': ocp.JsonCheckpointHandler()})
   step = steps[-1]
   try:
-    config, state = _restore(manager, directory, step, config)
+    return _restore(manager, directory, step, config)
   finally:
     manager.close()
-  model_config, num_classes, image_shape = _model_config(config)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  return Network(config, model_config, num_classes, image_shape,
-                 jax.tree.map(np.asarray, variables), step, f'{directory}/{step}')
 
 
-def _restore(manager, directory, step: int, config):
-  """(the checkpoint's config, its train state) of `step`; `config` (optional) must describe
-  the same network and data."""
+def _restore(manager, directory, step: int, config) -> Network:
+  """The network of checkpoint `step`; `config` (optional) must describe the same network
+  and data as the config it holds."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -163,7 +159,9 @@ def _restore(manager, directory, step: int, config):
   except Exception as error:  # pylint: disable=broad-except
     raise errors.UserError(f'{directory}/{step}: the checkpoint does not hold the network of '
                            f'its config ({checkpointing.first_line(error)})') from None
-  return config, state
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  return Network(config, model_config, num_classes, image_shape,
+                 jax.tree.map(np.asarray, variables), step, f'{directory}/{step}')
 
 
 def layer_structures(model, image_shape) -> Dict[Tuple[str, ...], ssc.SSCStructure]:
