@@ -1,7 +1,7 @@
 """The TPU compiler's estimates for the seed configs, with no TPU attached (needs the '[tpu]' extra).
 
     python benchmarks/tpu_estimates.py --topology=v5e:2x2 --dtype=bfloat16 \
-        [--configs=cifar10_resnet32_10,...] [--tune] [--out=FILE]
+        [--configs=cifar10_resnet32_10,...|seed] [--tune | --covered] [--out=FILE]
 
 Without --tune: compiles each config's train and eval steps and its dense
 twin's (`python -m ssc_jax.aot`), and prints a table of summed estimated
@@ -9,6 +9,9 @@ cycles per chip, SSC against dense, with the targets of the TPU issue.
 With --tune: only chooses the lowering plan of each config and of its dense
 twin by the compiler's estimate, into the autotuner's cache file
 ($SSC_JAX_AUTOTUNE_CACHE; the committed ones are ssc_jax/ssc/tuned/*.json).
+With --covered: compiles nothing; says of each config and its dense twin
+whether the cache files already hold its whole plan on that topology (exit
+status 1 where one does not).
 Every figure is the compiler's estimate, not a measured time.
 """
 
@@ -64,6 +67,21 @@ def tune(names, topology: str, dtype: str) -> None:
             flush=True)
 
 
+def covered(names, topology: str, dtype: str) -> bool:
+  """Prints whether the cache files give each config's and dense twin's plan; True if all."""
+  devices = tpu.topology_devices(topology)
+  missing = []
+  for name in names:
+    for label, config in ((name, load(name, dtype)), (f'{name} dense twin',
+                                                         tpu.dense_twin(load(name, dtype)))):
+      answered = tpu.cache_answers(config, devices)
+      print(f'{label}: {"cached" if answered else "NOT cached (tune it with --tune)"}',
+            flush=True)
+      missing += [] if answered else [label]
+  print(f'{topology}: {len(names) * 2 - len(missing)} of {len(names) * 2} plans cached')
+  return not missing
+
+
 def table(names, topology: str, dtype: str, out) -> None:
   """Compiles each config and its dense twin; prints the markdown table of estimates."""
   lines = [f'# TPU estimates, {datetime.date.today()}: {topology}, jax {jax.__version__}, '
@@ -93,7 +111,10 @@ def main():
   parser.add_argument('--configs', default=','.join(TARGETS),
                       help="comma-separated config names, or 'seed' for every seed config")
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default=None)
-  parser.add_argument('--tune', action='store_true', help='only choose and cache the plans')
+  mode = parser.add_mutually_exclusive_group()
+  mode.add_argument('--tune', action='store_true', help='only choose and cache the plans')
+  mode.add_argument('--covered', action='store_true',
+                    help='only say which plans the cache files hold (exit 1 if one is not)')
   parser.add_argument('--out', default=None, help='also append the table to this file')
   args = parser.parse_args()
   names = SEED if args.configs == 'seed' else args.configs.split(',')
@@ -102,6 +123,8 @@ def main():
     parser.error(f'--configs: no config {", ".join(unknown)} in {CONFIG_DIR}')
   if args.tune:
     tune(names, args.topology, args.dtype)
+  elif args.covered:
+    sys.exit(0 if covered(names, args.topology, args.dtype) else 1)
   else:
     table(names, args.topology, args.dtype, args.out)
 

@@ -145,6 +145,35 @@ class Estimator:
     return float(hlo_cost.parse(compiled.as_text())[0])
 
 
+class NotCached(Exception):
+  """What `CacheReader` raises where a plan needs a choice that the cache files lack."""
+
+
+class CacheReader(Estimator):
+  """An `Estimator` that compiles nothing: where the tuner would score a candidate or a
+  whole-network check, it raises `NotCached`. It tells whether the cache files alone
+  give a config's plan (`cache_answers`)."""
+
+  def compile(self, fn: Callable, *args):
+    raise NotCached()
+
+
+def cache_answers(config, devices) -> bool:
+  """Whether the cache files (`autotune.Cache.default()`) hold every choice of `config`'s
+  tuned plan on `devices` (with `config.autotune` on), so that a run there starts tuned:
+  nothing is compiled."""
+  config = config.copy_and_resolve_references()
+  config.autotune = True
+  info = specs.info(config.dataset)
+  model_config = budget.resolve_ticket(config.model, info.num_classes, info.input_shape[-1])
+  model = models.create_model(model_config, info.num_classes)
+  try:
+    plan_for(config, model, info.input_shape, devices, CacheReader(devices))
+  except NotCached:
+    return False
+  return True
+
+
 def dense_twin(config):
   """`config` with every SSC layer dense (g = 1, no mixing, every tap) and its lowering
   left to the tuner: the network an SSC config is compared with."""
@@ -178,12 +207,14 @@ def _compile_error(error: Exception, name: str, step: str, devices) -> errors.Us
                           f'{devices[0].device_kind}: {message.strip()[:300]}')
 
 
-def plan_for(config, model, image_shape, devices) -> autotune.Plan:
+def plan_for(config, model, image_shape, devices,
+             scorer: Optional[Estimator] = None) -> autotune.Plan:
   """The lowering plan a run of `config` on `devices` uses: the forced lowering, else the
-  cache files' choices, tuned by the compiler's estimate where `config.autotune` is on."""
+  cache files' choices, tuned where `config.autotune` is on by `scorer` (default: the
+  compiler's estimate, `Estimator(devices)`)."""
   if config.lowering != 'auto':
     return autotune.Plan(force=config.lowering)
-  with autotune.scoring(Estimator(devices)):
+  with autotune.scoring(scorer or Estimator(devices)):
     return tuning.decide_plan(model, config, image_shape)
 
 

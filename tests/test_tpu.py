@@ -173,6 +173,46 @@ def test_estimate_tuning_writes_the_keys_a_tpu_run_reads(tmp_path):
     assert entry['choice'] == [autotune.best(scores[which])[0] for which in autotune.PASSES]
 
 
+def _seed_config(name):
+  from ssc_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_module(os.path.join(ROOT, 'configs', f'{name}.py')).get_config()
+  config.model.dtype = 'bfloat16'  # the committed caches' dtype
+  return config
+
+
+def _assert_caches_answer(names, topologies, tmp_path, monkeypatch):
+  """Each config's and dense twin's plan comes from the committed caches alone."""
+  tpu = _libtpu()
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'cache.json'))
+  for topology in topologies:
+    devices = tpu.topology_devices(topology)
+    for name in names:
+      config = _seed_config(name)
+      assert tpu.cache_answers(config, devices), (topology, name)
+      assert tpu.cache_answers(tpu.dense_twin(config), devices), (topology, name, 'dense twin')
+  assert not (tmp_path / 'cache.json').exists()  # nothing was tuned
+
+
+@pytest.mark.tpu
+def test_committed_caches_start_a_tpu_run_tuned(tmp_path, monkeypatch):
+  _assert_caches_answer(['cifar10_resnet32_10', 'cifar10_vgg19_10'], ['v5e:2x2', 'v4:2x2x1'],
+                        tmp_path, monkeypatch)
+  tpu = _libtpu()
+  config = _seed_config('cifar10_resnet32_10')
+  config.batch_size = 8  # 2 images a chip: a batch the caches never saw
+  assert not tpu.cache_answers(config, tpu.topology_devices('v5e:2x2'))
+
+
+@pytest.mark.tpu
+@pytest.mark.slow  # about 2 min: every seed config traced on two topologies
+def test_committed_caches_hold_every_seed_config(tmp_path, monkeypatch):
+  names = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, 'configs'))
+                 if name.endswith('.py') and name != 'default.py'
+                 and not name.endswith('_dense.py'))
+  assert len(names) == 31
+  _assert_caches_answer(names, ['v5e:2x2', 'v4:2x2x1'], tmp_path, monkeypatch)
+
+
 @pytest.mark.tpu
 @pytest.mark.slow  # 30 s: the benchmark scripts; bash tests/tpu_checks.sh --slow runs it
 def test_tpu_benchmark_tables(tmp_path):
