@@ -209,7 +209,7 @@ def test_committed_caches_hold_every_seed_config(tmp_path, monkeypatch):
   names = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, 'configs'))
                  if name.endswith('.py') and name != 'default.py'
                  and not name.endswith('_dense.py'))
-  assert len(names) == 31
+  assert len(names) == 26
   _assert_caches_answer(names, ['v5e:2x2', 'v4:2x2x1'], tmp_path, monkeypatch)
 
 
