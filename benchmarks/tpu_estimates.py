@@ -32,10 +32,7 @@ import jax  # pylint: disable=wrong-import-position
 
 from ssc_jax import aot  # pylint: disable=wrong-import-position
 from network_speed import emit  # pylint: disable=wrong-import-position
-from ssc_jax import budget  # pylint: disable=wrong-import-position
 from ssc_jax import config_lib  # pylint: disable=wrong-import-position
-from ssc_jax import models  # pylint: disable=wrong-import-position
-from ssc_jax.data import specs  # pylint: disable=wrong-import-position
 
 CONFIG_DIR = ROOT / 'configs'
 # The issue's targets: SSC train step against the dense twin, estimated cycles, v5e 2x2, bf16.
@@ -52,32 +49,32 @@ def load(name: str, dtype: str):
   return config
 
 
+def with_twins(names, dtype: str):
+  """(label, config) of each config, then of its dense twin."""
+  for name in names:
+    yield name, load(name, dtype)
+    yield f'{name} dense twin', tpu.dense_twin(load(name, dtype))
+
+
 def tune(names, topology: str, dtype: str) -> None:
   """Chooses (and caches) the plan of each config and its dense twin by the estimate."""
   devices = tpu.topology_devices(topology)
-  for name in names:
-    for label, config in ((name, load(name, dtype)), (f'{name} dense twin',
-                                                         tpu.dense_twin(load(name, dtype)))):
-      start = time.perf_counter()
-      info = specs.info(config.dataset)
-      model_config = budget.resolve_ticket(config.model, info.num_classes, info.input_shape[-1])
-      plan = tpu.plan_for(config, models.create_model(model_config, info.num_classes),
-                          info.input_shape, devices)
-      print(f'{label}: {len(plan.choices)} layer shapes in {time.perf_counter() - start:.0f} s',
-            flush=True)
+  for label, config in with_twins(names, dtype):
+    start = time.perf_counter()
+    info, model = tpu.model_of(config)
+    plan = tpu.plan_for(config, model, info.input_shape, devices)
+    print(f'{label}: {len(plan.choices)} layer shapes in {time.perf_counter() - start:.0f} s',
+          flush=True)
 
 
 def covered(names, topology: str, dtype: str) -> bool:
   """Prints whether the cache files give each config's and dense twin's plan; True if all."""
   devices = tpu.topology_devices(topology)
   missing = []
-  for name in names:
-    for label, config in ((name, load(name, dtype)), (f'{name} dense twin',
-                                                         tpu.dense_twin(load(name, dtype)))):
-      answered = tpu.cache_answers(config, devices)
-      print(f'{label}: {"cached" if answered else "NOT cached (tune it with --tune)"}',
-            flush=True)
-      missing += [] if answered else [label]
+  for label, config in with_twins(names, dtype):
+    answered = tpu.cache_answers(config, devices)
+    print(f'{label}: {"cached" if answered else "NOT cached (tune it with --tune)"}', flush=True)
+    missing += [] if answered else [label]
   print(f'{topology}: {len(names) * 2 - len(missing)} of {len(names) * 2} plans cached')
   return not missing
 

@@ -145,6 +145,13 @@ class Estimator:
     return float(hlo_cost.parse(compiled.as_text())[0])
 
 
+def model_of(config):
+  """(the dataset's info, the network) of `config`, its budget ticket resolved."""
+  info = specs.info(config.dataset)
+  model_config = budget.resolve_ticket(config.model, info.num_classes, info.input_shape[-1])
+  return info, models.create_model(model_config, info.num_classes)
+
+
 class NotCached(Exception):
   """What `CacheReader` raises where a plan needs a choice that the cache files lack."""
 
@@ -164,9 +171,7 @@ def cache_answers(config, devices) -> bool:
   nothing is compiled."""
   config = config.copy_and_resolve_references()
   config.autotune = True
-  info = specs.info(config.dataset)
-  model_config = budget.resolve_ticket(config.model, info.num_classes, info.input_shape[-1])
-  model = models.create_model(model_config, info.num_classes)
+  info, model = model_of(config)
   try:
     plan_for(config, model, info.input_shape, devices, CacheReader(devices))
   except NotCached:
@@ -226,9 +231,7 @@ def compile_steps(config, devices: Sequence[Any], name: str = '') -> Steps:
   state is replicated; the model computes in `config.model.dtype`.
   """
   config_lib.check_config(config)
-  info = specs.info(config.dataset)
-  model_config = budget.resolve_ticket(config.model, info.num_classes, info.input_shape[-1])
-  model = models.create_model(model_config, info.num_classes)
+  info, model = model_of(config)
   for field, batch in (('batch_size', config.batch_size),
                        ('eval_batch_size', config.eval_batch_size)):
     if batch % len(devices):
