@@ -210,10 +210,7 @@ def test_committed_caches_hold_every_seed_config(tmp_path, monkeypatch):
                  if name.endswith('.py') and name != 'default.py'
                  and not name.endswith('_dense.py'))
   assert len(names) == 26
-  _assert_caches_answer(names, ['v5e:2x2'], tmp_path, monkeypatch)
-  untuned_on_v4 = {'tinyimagenet_resnet32_90', 'tinyimagenet_resnet32_95', 'tinyimagenet_vgg19_90',
-                   'tinyimagenet_vgg19_95', 'tinyimagenet_vgg19_98'}  # docs/tpu.md says so
-  _assert_caches_answer(sorted(set(names) - untuned_on_v4), ['v4:2x2x1'], tmp_path, monkeypatch)
+  _assert_caches_answer(names, ['v5e:2x2', 'v4:2x2x1'], tmp_path, monkeypatch)
 
 
 @pytest.mark.tpu
