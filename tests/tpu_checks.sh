@@ -18,4 +18,4 @@ fi
 "$venv/bin/python" -m pip install -q -e ".[tpu]" "pytest>=8" "pytest-xdist>=3.5"
 marker="tpu and not slow"
 if [ "${1:-}" = "--slow" ]; then marker="tpu"; fi  # also the TPU benchmark scripts' check
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -m "$marker" tests/test_tpu.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -n 2 -m "$marker" tests/test_tpu.py
